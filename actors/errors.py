@@ -1,0 +1,43 @@
+"""Why a task failed: each error carries the stable code its `failed` event shows."""
+
+from __future__ import annotations
+
+from livepix.wire import ErrorCode
+
+
+class TaskFailedError(Exception):
+    """Raised when a task cannot complete; the root of every task failure."""
+
+    code: ErrorCode = ErrorCode.ENGINE_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelUnavailableError(TaskFailedError):
+    """Raised when a model is not configured, not present, or cannot be fetched."""
+
+    code = ErrorCode.MODEL_UNAVAILABLE
+
+
+class EngineUnavailableError(TaskFailedError):
+    """Raised when this worker has no engine for the task type."""
+
+    code = ErrorCode.ENGINE_UNAVAILABLE
+
+
+class InvalidImageError(TaskFailedError):
+    """Raised when an input image cannot be decoded by the worker."""
+
+    code = ErrorCode.INVALID_IMAGE
+
+
+class NoFaceDetectedError(TaskFailedError):
+    """Raised when a face swap finds no face in one of its images."""
+
+    code = ErrorCode.NO_FACE_DETECTED
+
+
+class TaskCancelledError(Exception):
+    """Raised at a progress point when the task's cancel was requested; not a failure."""

@@ -1,0 +1,94 @@
+"""Running one task: claim it, decode its input, run its engine, log exactly one ending."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dramatiq.middleware import TimeLimitExceeded
+
+from livepix.images import ImageError, ImageLimits, decode_image, encode_png_base64
+from livepix.wire import QUEUE_OF, ErrorCode, EventType, TaskError, TaskResult, TaskType
+
+from .engines import EngineInput, Engines
+from .errors import InvalidImageError, TaskCancelledError, TaskFailedError
+from .recorder import Recorder, Reporter
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Runs tasks for one worker process; shared by all its worker threads."""
+
+    def __init__(self, recorder: Recorder, engines: Engines) -> None:
+        self.recorder = recorder
+        self.engines = engines
+        settings = recorder.settings
+        self._limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
+
+    def run(self, task_id: str, task_type: TaskType) -> None:
+        queue = QUEUE_OF[task_type].value
+        seq = self.recorder.start(task_id, queue)
+        if seq <= 0:
+            reason = {0: "already finished or cancelled", -1: "expired", -2: "out of attempts"}
+            log.info("task %s not run: %s", task_id, reason.get(seq, seq))
+            return
+        began = time.monotonic()
+        try:
+            result = self._execute(task_id, task_type)
+        except TaskCancelledError:
+            self.recorder.finish(task_id, queue, EventType.CANCELLED, "Cancelled")
+            log.info("task %s cancelled while running", task_id)
+        except TaskFailedError as exc:
+            self._fail(task_id, queue, exc.code, exc.message)
+        except TimeLimitExceeded:
+            self._fail(task_id, queue, ErrorCode.TIMEOUT, "the task ran past its time limit")
+        except MemoryError:
+            self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory")
+        except Exception as exc:
+            log.error("task %s (%s) crashed", task_id, task_type.value, exc_info=True)
+            self._fail(task_id, queue, ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            elapsed = time.monotonic() - began
+            self.recorder.finish(
+                task_id, queue, EventType.SUCCEEDED, f"Done in {elapsed:.1f} s", result=result
+            )
+            log.info("task %s (%s) done in %.2f s", task_id, task_type.value, elapsed)
+
+    def _fail(self, task_id: str, queue: str, code: str, message: str) -> None:
+        log.info("task %s failed: %s: %s", task_id, code, message)
+        self.recorder.finish(
+            task_id, queue, EventType.FAILED, message, error=TaskError(code=code, message=message)
+        )
+
+    def _execute(self, task_id: str, task_type: TaskType) -> TaskResult:
+        request = self.recorder.load_input(task_id)
+        report = Reporter(self.recorder, task_id)
+        task = EngineInput(
+            task_id=task_id,
+            prompt=request.get("prompt"),
+            parameters=request.get("parameters") or {},
+            image=self._image(request, "image"),
+            target_image=self._image(request, "target_image"),
+            mask=self._image(request, "mask"),
+        )
+        engine = self.engines.get(task_type, report)
+        output = engine.run(task, report)
+        report(95, "Encoding the result")
+        metadata: dict[str, Any] = dict(output.metadata)
+        result = TaskResult(
+            status="SUCCESS", image_data=encode_png_base64(output.image), metadata=metadata
+        )
+        if output.prompt_used is not None:
+            result["prompt_used"] = output.prompt_used
+        return result
+
+    def _image(self, request: dict[str, Any], name: str) -> Any:
+        data = request.get(name)
+        if not data:
+            return None
+        try:
+            return decode_image(data, self._limits)
+        except ImageError as exc:
+            raise InvalidImageError(f"{name}: {exc}") from exc

@@ -1,0 +1,123 @@
+"""The Starlette application: routes, lifespan (Redis, broker, hub), error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from livepix.broker import make_broker
+from livepix.config import Settings, load_settings
+
+from . import routes
+from .errors import EXCEPTION_HANDLERS
+from .hub import Hub
+from .metrics import metrics
+from .mux import mux_ws
+from .openapi import openapi
+from .streams import events_sse, task_ws
+from .tasks import TaskService
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+API = "/api/v1"
+
+
+def _both(path: str, endpoint: object, methods: list[str], name: str) -> list[BaseRoute]:
+    """The seed's paths end in a slash; accept them with and without it, no redirect."""
+    bare = path.rstrip("/")
+    return [
+        Route(path, endpoint, methods=methods, name=name),  # type: ignore[arg-type]
+        Route(bare, endpoint, methods=methods, name=f"{name}_bare"),  # type: ignore[arg-type]
+    ]
+
+
+class OwnerMiddleware:
+    """Sets `state.owner` on every request: the tenant a task belongs to ("" without keys)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope.setdefault("state", {})["owner"] = ""
+        await self.app(scope, receive, send)
+
+
+async def index(request: Request) -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return JSONResponse({"error": "the browser UI is not installed", "code": "not_found"}, 404)
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def build_routes() -> list[BaseRoute]:
+    task = API + "/tasks/{task_id}"
+    return [
+        Route("/", index, name="index"),
+        *_both(API + "/tasks/submit/", routes.submit, ["POST"], "submit"),
+        *_both(task + "/status/", routes.status, ["GET"], "status"),
+        *_both(task + "/result/", routes.result, ["GET"], "result"),
+        *_both(task + "/cancel/", routes.cancel, ["POST"], "cancel"),
+        Route(task + "/result.png", routes.result_png, methods=["GET"], name="result_png"),
+        Route(task + "/events", events_sse, methods=["GET"], name="events"),
+        WebSocketRoute(task + "/ws", task_ws, name="task_ws"),
+        WebSocketRoute(API + "/ws", mux_ws, name="ws"),
+        Route(API + "/queues", routes.queues, methods=["GET"], name="queues"),
+        Route(API + "/healthz", routes.healthz, methods=["GET"], name="healthz"),
+        Route(API + "/readyz", routes.readyz, methods=["GET"], name="readyz"),
+        Route(API + "/metrics", metrics, methods=["GET"], name="metrics"),
+        Route(API + "/openapi.json", openapi, methods=["GET"], name="openapi"),
+        Route("/healthz", routes.healthz, methods=["GET"]),
+        Route("/readyz", routes.readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    if not settings.redis_url:
+        raise ValueError("the api needs REDIS_URL (`livepix serve` sets it for you)")
+    redis_url = settings.redis_url
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            redis_url, socket_keepalive=True, socket_connect_timeout=2, socket_timeout=5
+        )
+        broker = make_broker(redis_url)
+        tasks = TaskService(client, broker, settings)
+        hub = Hub(redis_url, tasks.read_log)
+        app.state.settings = settings
+        app.state.tasks = tasks
+        app.state.hub = hub
+        await hub.start()
+        positions = asyncio.create_task(tasks.keep_positions(), name="livepix-positions")
+        try:
+            yield
+        finally:
+            positions.cancel()
+            await hub.stop()
+            await client.aclose()
+            broker.close()
+
+    return Starlette(
+        routes=build_routes(),
+        middleware=[Middleware(OwnerMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+

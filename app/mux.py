@@ -1,0 +1,187 @@
+"""`WS /ws`: one multiplexed WebSocket to subscribe to many tasks, submit and cancel.
+
+Client ops: `{"op":"subscribe","task_id","since"?}`, `{"op":"unsubscribe","task_id"}`,
+`{"op":"submit","request_id","task":{...}}`, `{"op":"cancel","task_id"}`, `{"op":"ping"}`.
+Server replies: events, and `{"op":"submitted"|"cancelled"|"unsubscribed"|"error"|"pong",...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import anyio
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from livepix.images import ImageLimits
+from livepix.wire import ErrorCode, WsClose, dumps
+
+from .errors import ApiError
+from .hub import Hub
+from .streams import SEND_TIMEOUT_S, inline_param, run_until_first_done, shape
+from .tasks import TaskService
+from .validation import ValidationError, validate_task
+from .watch import Frame, Watch
+
+log = logging.getLogger(__name__)
+
+
+def _reply(**fields: Any) -> Frame:
+    return Frame(task_id="", seq=0, type="op", text=dumps(fields), event=fields)
+
+
+class Session:
+    """One client of `/ws`: its subscriptions and the ops it sends."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.ws = websocket
+        self.tasks: TaskService = websocket.app.state.tasks
+        self.hub: Hub = websocket.app.state.hub
+        self.owner: str = websocket.state.owner
+        self.watch = Watch()
+        self.inline = inline_param(websocket)
+        self._followers: set[asyncio.Task[None]] = set()
+        self._joining: set[str] = set()
+
+    def say(self, **fields: Any) -> None:
+        self.watch.say(_reply(**fields))
+
+    def error(self, code: str, message: str, **about: Any) -> None:
+        self.say(op="error", code=code, error=message, **about)
+
+    async def send_loop(self) -> None:
+        while True:
+            frame = await self.watch.get()
+            if frame is None:
+                await self.ws.close(WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                return
+            try:
+                await asyncio.wait_for(
+                    self.ws.send_text(shape(frame, self.inline, self.ws).text), SEND_TIMEOUT_S
+                )
+            except TimeoutError:
+                await self.ws.close(WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                return
+            if frame.terminal:
+                self.hub.unfollow(self.watch, frame.task_id)
+
+    async def receive_loop(self) -> None:
+        while True:
+            try:
+                text = await self.ws.receive_text()
+            except WebSocketDisconnect:
+                return
+            except KeyError:  # a binary frame
+                self.error(ErrorCode.INVALID_JSON.value, "send JSON text frames")
+                continue
+            try:
+                op = json.loads(text)
+            except ValueError:
+                self.error(ErrorCode.INVALID_JSON.value, "the message is not valid JSON")
+                continue
+            if not isinstance(op, dict):
+                self.error(ErrorCode.INVALID_JSON.value, "a message must be a JSON object")
+                continue
+            await self.handle(op)
+
+    async def handle(self, op: dict[str, Any]) -> None:
+        name = op.get("op")
+        if name == "ping":
+            self.say(op="pong")
+        elif name == "subscribe":
+            task_id = self._task_id(op)
+            since = op.get("since", 0)
+            if task_id is None:
+                return
+            if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+                self.error(ErrorCode.INVALID_INPUT.value, "since must be a non-negative integer", task_id=task_id)
+                return
+            await self.subscribe(task_id, since)
+        elif name == "unsubscribe":
+            task_id = self._task_id(op)
+            if task_id is not None:
+                self.hub.unfollow(self.watch, task_id)
+                self.say(op="unsubscribed", task_id=task_id)
+        elif name == "cancel":
+            task_id = self._task_id(op)
+            if task_id is not None:
+                await self.cancel(task_id)
+        elif name == "submit":
+            await self.submit(op)
+        else:
+            self.error(ErrorCode.UNKNOWN_OP.value, f"unknown op {name!r}", op=name)
+
+    def _task_id(self, op: dict[str, Any]) -> str | None:
+        raw = op.get("task_id")
+        try:
+            return str(uuid.UUID(raw)) if isinstance(raw, str) else None
+        except ValueError:
+            pass
+        self.error(ErrorCode.NOT_FOUND.value, "Task not found", task_id=raw)
+        return None
+
+    async def subscribe(self, task_id: str, since: int) -> None:
+        try:
+            await self.tasks.get(task_id, self.owner)
+        except ApiError as exc:
+            self.error(exc.code.value, exc.message, task_id=task_id)
+            return
+        if task_id in self.watch.follows or task_id in self._joining:
+            return  # already subscribed: harmless, and never delivers twice
+        # Follow in the background: history reads must not stall this socket's ops.
+        self._joining.add(task_id)
+        follower = asyncio.create_task(self._follow(task_id, since))
+        self._followers.add(follower)
+        follower.add_done_callback(self._followers.discard)
+
+    async def _follow(self, task_id: str, since: int) -> None:
+        try:
+            await self.hub.follow(self.watch, task_id, since)
+        except RedisError:
+            self.error(ErrorCode.UNAVAILABLE.value, "storage unavailable; subscribe again", task_id=task_id)
+        finally:
+            self._joining.discard(task_id)
+
+    async def cancel(self, task_id: str) -> None:
+        try:
+            state = await self.tasks.get(task_id, self.owner)
+            cancelled, status = await self.tasks.cancel(state)
+        except ApiError as exc:
+            self.error(exc.code.value, exc.message, task_id=task_id)
+            return
+        self.say(op="cancelled", task_id=task_id, cancelled=cancelled, status=status.value)
+
+    async def submit(self, op: dict[str, Any]) -> None:
+        request_id = op.get("request_id")
+        settings = self.tasks.settings
+        limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
+        try:
+            request = await anyio.to_thread.run_sync(validate_task, op.get("task"), limits)
+            task_id, position = await self.tasks.submit(request, self.owner)
+        except ValidationError as exc:
+            self.say(op="error", request_id=request_id, code=ErrorCode.INVALID_INPUT.value,
+                     error="Invalid input", details=exc.details)
+            return
+        except ApiError as exc:
+            self.error(exc.code.value, exc.message, request_id=request_id)
+            return
+        self.say(op="submitted", request_id=request_id, task_id=task_id, status="PENDING", position=position)
+        await self.subscribe(task_id, 0)
+
+    async def close(self) -> None:
+        for follower in list(self._followers):
+            follower.cancel()
+        self.hub.unfollow_all(self.watch)
+
+
+async def mux_ws(websocket: WebSocket) -> None:
+    await websocket.accept()
+    session = Session(websocket)
+    try:
+        await run_until_first_done(session.send_loop(), session.receive_loop())
+    finally:
+        await session.close()

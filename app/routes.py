@@ -1,0 +1,176 @@
+"""The REST endpoints (SPEC section 2), seed-compatible where the seed had them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from livepix.images import ImageLimits
+from livepix.wire import ErrorCode, Status
+
+from .errors import (
+    InvalidInputError,
+    InvalidJSONError,
+    NotReadyError,
+    PayloadTooLargeError,
+    UnavailableError,
+    ApiError,
+)
+from .streams import task_id_param
+from .tasks import TaskService
+from .validation import ValidationError, validate_task
+
+
+class NoResultError(ApiError):
+    """Raised when the image of a failed or cancelled task is asked for."""
+
+    status_code = 409
+    code = ErrorCode.NO_RESULT
+    message = "The task ended without a result"
+
+
+def _tasks(request: Request) -> TaskService:
+    service: TaskService = request.app.state.tasks
+    return service
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, refusing bodies over `max_bytes` before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"The request body is over {max_bytes // (1024 * 1024)} MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"The request body is over {max_bytes // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSONError() from None
+
+
+def links(request: Request, task_id: str) -> dict[str, str]:
+    def url(name: str) -> str:
+        return str(request.url_for(name, task_id=task_id).path)
+
+    return {
+        "status": url("status"),
+        "result": url("result"),
+        "result_png": url("result_png"),
+        "events": url("events"),
+        "ws": url("task_ws"),
+        "cancel": url("cancel"),
+    }
+
+
+async def submit(request: Request) -> Response:
+    tasks = _tasks(request)
+    settings = tasks.settings
+    body = await read_json(request, settings.max_body_bytes)
+    limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
+    try:
+        task = await anyio.to_thread.run_sync(validate_task, body, limits)
+    except ValidationError as exc:
+        raise InvalidInputError(details=exc.details) from None
+    task_id, position = await tasks.submit(task, request.state.owner)
+    return JSONResponse(
+        {
+            "task_id": task_id,
+            "status": Status.PENDING.value,
+            "message": f"{task.task_type.value} task submitted successfully",
+            "position": position,
+            "links": links(request, task_id),
+        },
+        status_code=202,
+    )
+
+
+async def status(request: Request) -> Response:
+    tasks = _tasks(request)
+    state = await tasks.get(task_id_param(request), request.state.owner)
+    body: dict[str, Any] = {
+        "task_id": state.task_id,
+        "task_type": state.task_type,
+        "status": state.status.value,
+        "progress": state.progress,
+        "message": state.message,
+        "result_available": state.result_available,
+        "seq": state.seq,
+    }
+    position = await tasks.position(state)
+    if position is not None:
+        body["position"] = position
+    return JSONResponse(body)
+
+
+async def _final_event(tasks: TaskService, request: Request) -> tuple[str, Status, dict[str, Any]]:
+    state = await tasks.get(task_id_param(request), request.state.owner)
+    if not state.terminal:
+        raise NotReadyError(
+            f"The task is {state.status.value}; watch its events or try again later"
+        )
+    event = await tasks.last_event(state.task_id)
+    if event is None:
+        raise UnavailableError("The task's events are missing; retry shortly")
+    return state.task_id, state.status, event
+
+
+async def result(request: Request) -> Response:
+    task_id, final, event = await _final_event(_tasks(request), request)
+    body: dict[str, Any] = {"task_id": task_id, "status": final.value}
+    if final is Status.SUCCESS:
+        body["result"] = event["result"]
+    elif final is Status.REVOKED:
+        body["error"] = {"code": ErrorCode.CANCELLED.value, "message": "The task was cancelled"}
+    else:
+        body["error"] = event.get("error", {"code": ErrorCode.ENGINE_ERROR.value, "message": "failed"})
+    return JSONResponse(body)
+
+
+async def result_png(request: Request) -> Response:
+    task_id, final, event = await _final_event(_tasks(request), request)
+    if final is not Status.SUCCESS:
+        raise NoResultError(f"The task ended {final.value} without a result")
+    png = base64.b64decode(event["result"]["image_data"])
+    return Response(
+        png,
+        media_type="image/png",
+        headers={
+            "Content-Disposition": f'inline; filename="{task_id}.png"',
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
+
+
+async def cancel(request: Request) -> Response:
+    tasks = _tasks(request)
+    state = await tasks.get(task_id_param(request), request.state.owner)
+    cancelled, now = await tasks.cancel(state)
+    return JSONResponse({"task_id": state.task_id, "status": now.value, "cancelled": cancelled})
+
+
+async def queues(request: Request) -> Response:
+    return JSONResponse(await _tasks(request).queues())
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    tasks = _tasks(request)
+    redis_ok = await tasks.ping()
+    hub_ok = request.app.state.hub.connected.is_set()
+    body = {"status": "ready" if redis_ok and hub_ok else "not_ready", "redis": redis_ok, "hub": hub_ok}
+    if not (redis_ok and hub_ok):
+        body.update(error="Redis is not reachable", code=ErrorCode.UNAVAILABLE.value)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse(body)

@@ -1,0 +1,184 @@
+"""Per-task event streams: Server-Sent Events and the per-task WebSocket (SPEC section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+
+from redis.exceptions import RedisError
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from livepix.wire import WsClose
+
+from .errors import ApiError, InvalidInputError, NotFoundError
+from .hub import Hub
+from .tasks import TaskService
+from .watch import Frame, Watch
+
+log = logging.getLogger(__name__)
+
+SSE_RETRY_MS = 2000
+SSE_PING_S = 15
+SEND_TIMEOUT_S = 10.0
+
+
+def task_id_param(conn: HTTPConnection) -> str:
+    """The `{task_id}` of the path; anything but a UUID is an unknown task."""
+    raw = conn.path_params.get("task_id", "")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise NotFoundError() from None
+
+
+def since_param(conn: HTTPConnection) -> int:
+    """Resume point: the `Last-Event-ID` header, else `?since=`, else 0."""
+    raw = conn.headers.get("last-event-id") or conn.query_params.get("since") or "0"
+    try:
+        since = int(raw)
+    except ValueError:
+        raise InvalidInputError(details={"since": ["must be a non-negative integer"]}) from None
+    if since < 0:
+        raise InvalidInputError(details={"since": ["must be a non-negative integer"]})
+    return since
+
+
+def inline_param(conn: HTTPConnection) -> bool:
+    return conn.query_params.get("inline", "1") not in ("0", "false")
+
+
+def result_url(conn: HTTPConnection, task_id: str) -> str:
+    return str(conn.url_for("result_png", task_id=task_id).path)
+
+
+def shape(frame: Frame, inline: bool, conn: HTTPConnection) -> Frame:
+    return frame if inline else frame.by_reference(result_url(conn, frame.task_id))
+
+
+async def events_sse(request: Request) -> Response:
+    tasks: TaskService = request.app.state.tasks
+    hub: Hub = request.app.state.hub
+    task_id = task_id_param(request)
+    since = since_param(request)
+    inline = inline_param(request)
+    try:
+        state = await tasks.get(task_id, request.state.owner)
+    except ApiError as exc:
+        if exc.status_code < 500:
+            raise
+        # A browser's EventSource gives up for good on a non-200: ask it to retry.
+        return EventSourceResponse(_retry_only(), headers=_SSE_HEADERS)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield f"retry: {SSE_RETRY_MS}\n\n".encode()
+        if state.terminal and since >= state.seq:
+            return
+        watch = Watch()
+        try:
+            await hub.follow(watch, task_id, since)
+        except RedisError:
+            return  # the client reconnects after `retry` and resumes from its last id
+        try:
+            while True:
+                frame = await watch.get()
+                if frame is None:
+                    return  # too slow: the client resumes from its last id
+                yield shape(frame, inline, request).sse()
+                if frame.terminal:
+                    return
+        finally:
+            hub.unfollow(watch, task_id)
+
+    return EventSourceResponse(
+        stream(), ping=SSE_PING_S, send_timeout=SEND_TIMEOUT_S, headers=_SSE_HEADERS
+    )
+
+
+_SSE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+async def _retry_only() -> AsyncIterator[bytes]:
+    yield f"retry: {SSE_RETRY_MS}\n\n".encode()
+
+
+async def deny(websocket: WebSocket, exc: ApiError) -> None:
+    """Refuse a WebSocket before it opens, with the same JSON error as HTTP."""
+    await websocket.send_denial_response(
+        JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    )
+
+
+async def task_ws(websocket: WebSocket) -> None:
+    tasks: TaskService = websocket.app.state.tasks
+    hub: Hub = websocket.app.state.hub
+    try:
+        task_id = task_id_param(websocket)
+        since = since_param(websocket)
+        state = await tasks.get(task_id, websocket.state.owner)
+    except ApiError as exc:
+        await deny(websocket, exc)
+        return
+    inline = inline_param(websocket)
+    await websocket.accept()
+    if state.terminal and since >= state.seq:
+        await websocket.close(WsClose.DONE)
+        return
+    watch = Watch()
+
+    async def send() -> None:
+        try:
+            await hub.follow(watch, task_id, since)
+        except RedisError:
+            await websocket.close(WsClose.RESTARTING, "storage unavailable; resume")
+            return
+        while True:
+            frame = await watch.get()
+            if frame is None:
+                await websocket.close(WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                return
+            try:
+                await asyncio.wait_for(
+                    websocket.send_text(shape(frame, inline, websocket).text), SEND_TIMEOUT_S
+                )
+            except TimeoutError:
+                await websocket.close(WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                return
+            if frame.terminal:
+                await websocket.close(WsClose.DONE)
+                return
+
+    try:
+        await run_until_first_done(send(), drain(websocket))
+    finally:
+        hub.unfollow(watch, task_id)
+
+
+async def drain(websocket: WebSocket) -> None:
+    """Read until the client goes away: a send-only handler never sees the disconnect."""
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    except (WebSocketDisconnect, RuntimeError):
+        return
+
+
+async def run_until_first_done(*coros: object) -> None:
+    """Run coroutines side by side; the first to finish cancels the others."""
+    tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[call-overload]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, (WebSocketDisconnect, OSError)):
+            log.error("websocket task failed", exc_info=exc)

@@ -1,0 +1,227 @@
+"""The api's side of the task store: submit, look up, cancel, read the log, positions.
+
+Redis errors become `UnavailableError` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import dramatiq
+import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
+from redis.exceptions import RedisError
+
+from livepix import store
+from livepix.config import Settings
+from livepix.wire import (
+    QUEUE_OF,
+    TERMINAL_STATUSES,
+    WORKER_SEEN_S,
+    ErrorCode,
+    EventType,
+    Queue,
+    Status,
+    TaskError,
+    actor_name,
+    dumps,
+    log_key,
+    pending_key,
+    running_key,
+    state_key,
+    workers_key,
+)
+
+from .errors import NotFoundError, UnavailableError
+from .validation import TaskRequest
+
+log = logging.getLogger(__name__)
+
+POSITIONS_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """A task's latest state, from its Redis hash."""
+
+    task_id: str
+    status: Status
+    progress: int
+    message: str
+    seq: int
+    task_type: str
+    queue: str
+    owner: str
+    result_available: bool
+    error_code: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskState:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            task_id=task_id,
+            status=Status(h.get("status", Status.PENDING.value)),
+            progress=int(h.get("progress", 0)),
+            message=h.get("message", ""),
+            seq=int(h.get("seq", 0)),
+            task_type=h.get("task_type", ""),
+            queue=h.get("queue", ""),
+            owner=h.get("owner", ""),
+            result_available=h.get("result_available") == "1",
+            error_code=h.get("error_code", ""),
+        )
+
+
+@asynccontextmanager
+async def redis_errors() -> AsyncIterator[None]:
+    """Translate Redis failures into a 503 for the client."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("Redis unavailable: %s", exc)
+        raise UnavailableError() from exc
+
+
+class TaskService:
+    """Everything the api does with tasks in Redis and on the broker."""
+
+    def __init__(self, client: aioredis.Redis, broker: RedisBroker, settings: Settings) -> None:
+        self.client = client
+        self.broker = broker
+        self.settings = settings
+        self._scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
+        self.submitted: dict[str, int] = {}
+
+    async def _run(self, call: store.ScriptCall) -> Any:
+        return await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
+        """Store and enqueue a validated task; returns its id and queue position."""
+        task_id = str(uuid.uuid4())
+        queue = QUEUE_OF[request.task_type].value
+        ttl = self.settings.result_ttl_s
+        async with redis_errors():
+            call = store.submit(
+                task_id, request.task_type.value, queue, owner, dumps(request.to_wire()), ttl
+            )
+            position = int(await self._run(call))
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue,
+            actor_name=actor_name(request.task_type),
+            args=(task_id,),
+            kwargs={},
+            options={},
+        )
+        try:
+            # Dramatiq's enqueue is a blocking Redis call: keep it off the event loop.
+            await anyio.to_thread.run_sync(self.broker.enqueue, message)
+        except (RedisError, OSError) as exc:
+            error = TaskError(code=ErrorCode.ENQUEUE_FAILED.value, message="the task could not be queued")
+            try:
+                await self._run(store.finish(task_id, queue, EventType.FAILED, error["message"], ttl, error=error))
+            except RedisError:
+                log.warning("could not mark %s failed after its enqueue failed", task_id)
+            raise UnavailableError() from exc
+        self.submitted[request.task_type.value] = self.submitted.get(request.task_type.value, 0) + 1
+        return task_id, position
+
+    async def state(self, task_id: str) -> TaskState | None:
+        async with redis_errors():
+            raw = await self.client.hgetall(state_key(task_id))
+        if not raw:
+            return None
+        return TaskState.from_hash(task_id, raw)
+
+    async def get(self, task_id: str, owner: str = "") -> TaskState:
+        """The task's state, or `NotFoundError` (unknown, expired, or someone else's)."""
+        state = await self.state(task_id)
+        if state is None or state.owner != owner:
+            raise NotFoundError()
+        return state
+
+    async def position(self, state: TaskState) -> int | None:
+        if state.status is not Status.PENDING:
+            return None
+        async with redis_errors():
+            rank = await self.client.zrank(pending_key(state.queue), state.task_id)
+        return None if rank is None else int(rank) + 1
+
+    async def read_log(self, task_id: str, since: int) -> list[str]:
+        """The task's events after seq `since`, as JSON text. Raises RedisError."""
+        raw = await self.client.lrange(log_key(task_id), since, -1)
+        return [item.decode() for item in raw]
+
+    async def last_event(self, task_id: str) -> dict[str, Any] | None:
+        async with redis_errors():
+            raw = await self.client.lindex(log_key(task_id), -1)
+        return None if raw is None else dict(json.loads(raw))
+
+    async def cancel(self, state: TaskState) -> tuple[bool, Status]:
+        """Cancel a task: (whether it was or will be cancelled, its status now)."""
+        async with redis_errors():
+            code, status = await self._run(
+                store.cancel(state.task_id, state.queue, self.settings.result_ttl_s)
+            )
+        code = int(code)
+        if code == -1:
+            raise NotFoundError()
+        return code > 0, Status(status.decode() if isinstance(status, bytes) else status)
+
+    async def queues(self) -> dict[str, Any]:
+        """Depth of each queue, workers seen, running tasks."""
+        now = time.time()
+        async with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for queue in Queue:
+                pipe.zcard(pending_key(queue))
+            pipe.zrange(running_key(), 0, -1)
+            pipe.zcount(workers_key(), now - WORKER_SEEN_S, "+inf")
+            *depths, running_ids, workers = await pipe.execute()
+            queues_of = {}
+            if running_ids:
+                pipe = self.client.pipeline(transaction=False)
+                for task_id in running_ids:
+                    pipe.hget(state_key(task_id.decode()), "queue")
+                queues_of = dict(zip(running_ids, await pipe.execute(), strict=True))
+        running = {q.value: 0 for q in Queue}
+        for queue in queues_of.values():
+            if queue is not None and queue.decode() in running:
+                running[queue.decode()] += 1
+        return {
+            "queues": {
+                q.value: {"pending": int(depth), "running": running[q.value]}
+                for q, depth in zip(Queue, depths, strict=True)
+            },
+            "workers": int(workers),
+            "running": sum(running.values()),
+        }
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def keep_positions(self) -> None:
+        """Re-send `queued` with the new position to waiting tasks, at most once a second."""
+        while True:
+            await asyncio.sleep(POSITIONS_INTERVAL_S)
+            try:
+                for queue in Queue:
+                    if await self.client.zcard(pending_key(queue)):
+                        await self._run(store.refresh_positions(queue.value, self.settings.result_ttl_s))
+            except (RedisError, OSError) as exc:
+                log.debug("position refresh skipped: %s", exc)

@@ -1,0 +1,191 @@
+"""Frames and watches: what the hub hands to each client connection.
+
+A `Frame` is one event, decoded once and serialized once per api process (SSE bytes,
+WebSocket text), whatever the number of watchers. A `Watch` is one connection's
+bounded outbox. The hub's listener calls `offer` and never waits on a client.
+
+Slow-client policy (SPEC section 4):
+- below `COALESCE_AFTER` queued frames every event is kept;
+- above it, a new `progress` replaces the task's undelivered `progress` (latest wins)
+  and loses its preview;
+- at `MAX_FRAMES`, `progress` is dropped; any other event overflows the watch, and its
+  connection is closed as too slow (WebSocket 4008, SSE stream ended) so that the
+  client reconnects and resumes from its last seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from livepix.wire import TERMINAL_EVENTS, EventType, dumps
+
+COALESCE_AFTER = 16
+MAX_FRAMES = 256
+
+
+@dataclass(slots=True, eq=False)
+class Frame:
+    """One event as it travels: decoded once, serialized at most once per variant."""
+
+    task_id: str
+    seq: int
+    type: str
+    text: str
+    event: dict[str, Any]
+    _sse: bytes | None = None
+    _lean: Frame | None = None
+    _by_ref: Frame | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Frame:
+        event = json.loads(text)
+        return cls(event["task_id"], int(event["seq"]), event["type"], text, event)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    @property
+    def droppable(self) -> bool:
+        return self.type == EventType.PROGRESS
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = f"id: {self.seq}\nevent: {self.type}\ndata: {self.text}\n\n".encode()
+        return self._sse
+
+    def lean(self) -> Frame:
+        """This frame without its preview: what a client under pressure gets."""
+        if "preview" not in self.event:
+            return self
+        if self._lean is None:
+            event = {k: v for k, v in self.event.items() if k != "preview"}
+            self._lean = Frame(self.task_id, self.seq, self.type, dumps(event), event)
+        return self._lean
+
+    def by_reference(self, result_url: str) -> Frame:
+        """This frame with the result image replaced by its URL (clients asking `inline=0`)."""
+        result = self.event.get("result")
+        if not isinstance(result, dict) or "image_data" not in result:
+            return self
+        if self._by_ref is None:
+            slim = {k: v for k, v in result.items() if k != "image_data"}
+            slim["image_url"] = result_url
+            event = {**self.event, "result": slim}
+            self._by_ref = Frame(self.task_id, self.seq, self.type, dumps(event), event)
+        return self._by_ref
+
+
+@dataclass(slots=True)
+class _Follow:
+    high: int  # highest seq queued for this task
+    held: list[Frame] | None = None  # live frames held while the history is read
+    progress_slot: list[Frame] | None = None  # the undelivered progress, for coalescing
+    ended: bool = False
+
+
+@dataclass(eq=False)
+class Watch:
+    """One connection's outbox across the tasks it follows."""
+
+    max_frames: int = MAX_FRAMES
+    coalesce_after: int = COALESCE_AFTER
+    follows: dict[str, _Follow] = field(default_factory=dict)
+    overflowed: bool = False
+    coalesced: int = 0
+    dropped: int = 0
+    _out: deque[list[Frame]] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin(self, task_id: str, since: int) -> None:
+        """Start following `task_id` after `since`; live frames wait for `end_sync`."""
+        self.follows[task_id] = _Follow(high=since, held=[])
+
+    def end_sync(self, task_id: str, history: list[Frame]) -> None:
+        """Queue the history, then whatever arrived live meanwhile, without duplicates."""
+        follow = self.follows.get(task_id)
+        if follow is None or follow.held is None:
+            return
+        held, follow.held = follow.held, None
+        for frame in history:
+            self._put(follow, frame)
+        for frame in held:
+            self._put(follow, frame)
+
+    def stop(self, task_id: str) -> None:
+        self.follows.pop(task_id, None)
+
+    def high(self, task_id: str) -> int:
+        follow = self.follows.get(task_id)
+        return follow.high if follow else 0
+
+    def offer(self, frame: Frame) -> None:
+        """Called by the hub for every live frame of a followed task. Never blocks."""
+        follow = self.follows.get(frame.task_id)
+        if follow is None:
+            return
+        if follow.held is not None:
+            follow.held.append(frame)
+            return
+        self._put(follow, frame)
+
+    def _put(self, follow: _Follow, frame: Frame) -> None:
+        if frame.seq <= follow.high or follow.ended:
+            return
+        pressed = len(self._out) >= self.coalesce_after
+        if frame.droppable and pressed:
+            frame = frame.lean()
+            if follow.progress_slot is not None:
+                follow.progress_slot[0] = frame
+                follow.high = frame.seq
+                self.coalesced += 1
+                return
+            if len(self._out) >= self.max_frames:
+                self.dropped += 1
+                return
+        elif len(self._out) >= self.max_frames:
+            self.overflowed = True
+            self._ready.set()
+            return
+        slot = [frame]
+        follow.progress_slot = slot if frame.droppable else None
+        follow.high = frame.seq
+        follow.ended = frame.terminal
+        self._out.append(slot)
+        self._ready.set()
+
+    async def get(self) -> Frame | None:
+        """The next frame to send; None once the watch overflowed (close it as too slow)."""
+        while not self._out:
+            if self.overflowed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.overflowed:
+            return None
+        slot = self._out.popleft()
+        frame = slot[0]
+        follow = self.follows.get(frame.task_id)
+        if follow is not None and follow.progress_slot is slot:
+            follow.progress_slot = None
+        return frame
+
+    def say(self, frame: Frame) -> None:
+        """Queue a reply that is not a task event (WebSocket control messages)."""
+        if len(self._out) >= self.max_frames:
+            self.overflowed = True
+        else:
+            self._out.append([frame])
+        self._ready.set()
+
+    def fail(self) -> None:
+        """Close this watch's connection: its client must resume from its last seq."""
+        self.overflowed = True
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._out)

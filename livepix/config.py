@@ -1,0 +1,117 @@
+"""Settings: the one place that reads the environment (and a `.env` file)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .wire import RESULT_TTL_S
+
+
+class ConfigError(Exception):
+    """Raised when an environment variable holds a value livepix cannot use."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "livepix")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of livepix, with the default a new user needs.
+
+    `ENV` maps each field to its environment variable; `livepix --help` prints them.
+    """
+
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = field(default_factory=_default_data_dir)
+    result_ttl_s: int = RESULT_TTL_S
+    max_body_mb: float = 25.0
+    max_image_pixels: int = 16_000_000
+    max_image_side: int = 4096
+    api_keys: tuple[str, ...] = ()
+    device: str = "auto"
+    txt2img_model: str = ""
+    rembg_model: str = "u2net"
+    face_model_dir: str = ""
+    swapper_model: str = ""
+    lama_model: str = ""
+    gpu_threads: int = 1
+    cpu_threads: int = 2
+    max_attempts: int = 3
+    task_time_limit_s: int = 1800
+    worker_poll_ms: int = 50
+    log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.data_dir) / "models"
+
+
+ENV: dict[str, tuple[str, str]] = {
+    "redis_url": ("REDIS_URL", "external Redis URL; unset = embedded Redis started by `livepix serve`"),
+    "host": ("LIVEPIX_HOST", "api bind address (127.0.0.1)"),
+    "port": ("LIVEPIX_PORT", "api port (8000)"),
+    "data_dir": ("LIVEPIX_DATA_DIR", "embedded Redis data and model cache (~/.local/share/livepix)"),
+    "result_ttl_s": ("LIVEPIX_RESULT_TTL_S", "how long events and results live, seconds (3600)"),
+    "max_body_mb": ("LIVEPIX_MAX_BODY_MB", "request body limit in MB (25)"),
+    "max_image_pixels": ("LIVEPIX_MAX_IMAGE_PIXELS", "largest accepted image, pixels (16000000)"),
+    "max_image_side": ("LIVEPIX_MAX_IMAGE_SIDE", "largest accepted image side, pixels (4096)"),
+    "api_keys": ("LIVEPIX_API_KEYS", "comma-separated API keys; unset = no auth"),
+    "device": ("LIVEPIX_DEVICE", "auto, cpu, cuda, cuda:N (auto)"),
+    "txt2img_model": ("LIVEPIX_TXT2IMG_MODEL", "diffusers model id or local dir"),
+    "rembg_model": ("LIVEPIX_REMBG_MODEL", "rembg model name or path to an .onnx file (u2net)"),
+    "face_model_dir": ("LIVEPIX_FACE_MODEL_DIR", "insightface pack dir (detection + recognition)"),
+    "swapper_model": ("LIVEPIX_SWAPPER_MODEL", "path to an inswapper .onnx"),
+    "lama_model": ("LIVEPIX_LAMA_MODEL", "LaMa TorchScript file"),
+    "gpu_threads": ("LIVEPIX_GPU_THREADS", "tasks one gpu worker process runs at once (1)"),
+    "cpu_threads": ("LIVEPIX_CPU_THREADS", "tasks one cpu worker process runs at once (2)"),
+    "max_attempts": ("LIVEPIX_MAX_ATTEMPTS", "runs of a task whose worker died before it fails (3)"),
+    "task_time_limit_s": ("LIVEPIX_TASK_TIME_LIMIT_S", "a task running longer fails with `timeout` (1800)"),
+    "worker_poll_ms": ("LIVEPIX_WORKER_POLL_MS", "idle worker poll interval, ms (50)"),
+    "log_level": ("LIVEPIX_LOG_LEVEL", "debug, info, warning, error (info)"),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Build `Settings` from the environment, falling back to a `.env` file, then defaults."""
+    values: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+
+    kwargs: dict[str, object] = {}
+    for f in fields(Settings):
+        var = ENV[f.name][0]
+        raw = values.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        raw = raw.strip()
+        try:
+            if f.type == "int":
+                kwargs[f.name] = int(raw)
+            elif f.type == "float":
+                kwargs[f.name] = float(raw)
+            elif f.name == "api_keys":
+                kwargs[f.name] = tuple(k.strip() for k in raw.split(",") if k.strip())
+            else:
+                kwargs[f.name] = raw
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is not a valid {f.type}") from exc
+    return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def env_help() -> str:
+    """The environment variables, one per line, for `livepix --help`."""
+    return "\n".join(f"  {var:<28} {text}" for var, text in ENV.values())

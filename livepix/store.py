@@ -1,0 +1,304 @@
+"""The task store: how a task's state and event log change in Redis, atomically.
+
+Every change is one Lua script that checks the task's status, appends the event to
+the log with the next `seq`, updates the state hash, refreshes the TTL and PUBLISHes
+the same bytes, so that the log and the live stream can never disagree. This module
+builds the script calls; `app.tasks` runs them on an asyncio client and
+`actors.recorder` on a blocking one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .wire import (
+    EVENT_STATUS,
+    TERMINAL_EVENTS,
+    EventType,
+    TaskError,
+    TaskResult,
+    channel,
+    dumps,
+    event_body,
+    input_key,
+    log_key,
+    pending_key,
+    running_key,
+    state_key,
+    order_key,
+)
+
+_PRELUDE = """
+local function append(state, log, chan, ttl, body, status, progress, message)
+  local seq = redis.call('HINCRBY', state, 'seq', 1)
+  local ev = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  redis.call('RPUSH', log, ev)
+  redis.call('HSET', state, 'status', status, 'progress', progress, 'message', message)
+  redis.call('EXPIRE', state, ttl)
+  redis.call('EXPIRE', log, ttl)
+  redis.call('PUBLISH', chan, ev)
+  return seq
+end
+local function is_terminal(s)
+  return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED'
+end
+local function queued(state, log, chan, ttl, id, pos, now)
+  local message = 'Queued at position ' .. pos
+  local body = '{"task_id":"' .. id .. '","type":"queued","status":"PENDING","progress":0,'
+    .. '"message":"' .. message .. '","ts":' .. now .. ',"position":' .. pos .. '}'
+  redis.call('HSET', state, 'position', pos)
+  return append(state, log, chan, ttl, body, 'PENDING', 0, message)
+end
+"""
+
+# KEYS: state, log, input, pending, order
+# ARGV: channel, ttl, task_id, input_json, task_type, queue, owner, now
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local order = redis.call('INCR', KEYS[5])
+redis.call('ZADD', KEYS[4], order, ARGV[3])
+local pos = redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
+redis.call('HSET', KEYS[1], 'seq', 0, 'task_type', ARGV[5], 'queue', ARGV[6], 'owner', ARGV[7],
+  'created', ARGV[8], 'attempts', 0)
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+queued(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], pos, ARGV[8])
+return pos
+"""
+
+# KEYS: state, log, pending, running
+# ARGV: channel, ttl, task_id, worker, now, max_attempts, started_body, lost_body
+_START = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if is_terminal(st) then return 0 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZREM', KEYS[3], ARGV[3])
+if attempts > tonumber(ARGV[6]) then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'error_code', 'worker_lost')
+  append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[8], 'FAILURE', 0, 'Worker lost')
+  return -2
+end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
+redis.call('HSET', KEYS[1], 'worker', ARGV[4], 'started', ARGV[5])
+redis.call('HDEL', KEYS[1], 'position')
+return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[7], 'PROCESSING', 0, 'Started')
+"""
+
+# KEYS: state, log
+# ARGV: channel, ttl, body, status, progress, message
+# Returns {seq, cancel_requested}; seq -1 = unknown task, 0 = already finished.
+_PROGRESS = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {-1, 0} end
+if is_terminal(st) then return {0, 0} end
+local seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local cancel = redis.call('HGET', KEYS[1], 'cancel_requested')
+if cancel == '1' then return {seq, 1} end
+return {seq, 0}
+"""
+
+# KEYS: state, log, input, pending, running
+# ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code
+_FINISH = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if is_terminal(st) then return 0 end
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('DEL', KEYS[3])
+local available = 0
+if ARGV[5] == 'SUCCESS' then available = 1 end
+redis.call('HSET', KEYS[1], 'finished', ARGV[8], 'error_code', ARGV[9], 'result_available', available)
+redis.call('HDEL', KEYS[1], 'position')
+return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+
+# KEYS: state, log, input, pending
+# ARGV: channel, ttl, task_id, cancelled_body, now
+# Returns {code, status}: -1 unknown, 0 already finished, 1 revoked now, 2 requested.
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {-1, ''} end
+if is_terminal(st) then return {0, st} end
+if st == 'PENDING' then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'result_available', 0)
+  redis.call('HDEL', KEYS[1], 'position')
+  append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'REVOKED', 0, 'Cancelled')
+  return {1, 'REVOKED'}
+end
+redis.call('HSET', KEYS[1], 'cancel_requested', 1)
+return {2, st}
+"""
+
+# KEYS: pending
+# ARGV: ttl, now, limit, state_fmt, log_fmt, channel_fmt
+# Re-sends `queued` for every waiting task whose position changed; drops expired ones.
+_REFRESH = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local pos = 0
+local changed = 0
+for _, id in ipairs(ids) do
+  local state = string.format(ARGV[4], id)
+  local st = redis.call('HMGET', state, 'status', 'position')
+  if st[1] ~= 'PENDING' then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    pos = pos + 1
+    if tonumber(st[2]) ~= pos then
+      queued(state, string.format(ARGV[5], id), string.format(ARGV[6], id), ARGV[1], id, pos, ARGV[2])
+      changed = changed + 1
+    end
+  end
+end
+return changed
+"""
+
+SCRIPTS: dict[str, str] = {
+    name: _PRELUDE + body
+    for name, body in {
+        "submit": _SUBMIT,
+        "start": _START,
+        "progress": _PROGRESS,
+        "finish": _FINISH,
+        "cancel": _CANCEL,
+        "refresh": _REFRESH,
+    }.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One invocation of a store script: run it with `SCRIPTS[script]` on any client."""
+
+    script: str
+    keys: list[str]
+    args: list[str | int | float]
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def submit(
+    task_id: str, task_type: str, queue: str, owner: str, input_json: str, ttl_s: int
+) -> ScriptCall:
+    """Create the task, queue it in submit order and log its first `queued` event.
+
+    The script returns the queue position, or -1 if the id is taken.
+    """
+    return ScriptCall(
+        "submit",
+        [state_key(task_id), log_key(task_id), input_key(task_id), pending_key(queue), order_key()],
+        [channel(task_id), ttl_s, task_id, input_json, task_type, queue, owner, _now()],
+    )
+
+
+def start(
+    task_id: str, queue: str, worker: str, max_attempts: int, ttl_s: int
+) -> ScriptCall:
+    """Mark the task PROCESSING and log `started`, counting attempts.
+
+    Returns the seq, 0 if the task is already finished (cancelled before it started),
+    -1 if it expired, -2 if it ran out of attempts (then it was failed `worker_lost`).
+    """
+    started = event_body(task_id, EventType.STARTED, 0, "Started", worker=worker, queue=queue)
+    lost = event_body(
+        task_id,
+        EventType.FAILED,
+        0,
+        "Worker lost",
+        error=TaskError(
+            code="worker_lost",
+            message=f"the task's worker stopped {max_attempts} times while running it",
+        ),
+    )
+    return ScriptCall(
+        "start",
+        [state_key(task_id), log_key(task_id), pending_key(queue), running_key()],
+        [channel(task_id), ttl_s, task_id, worker, _now(), max_attempts, started, lost],
+    )
+
+
+def progress(
+    task_id: str,
+    percent: int,
+    message: str,
+    ttl_s: int,
+    **extra: Any,
+) -> ScriptCall:
+    """Log a `progress` event. The script answers `[seq, cancel_requested]`."""
+    body = event_body(task_id, EventType.PROGRESS, percent, message, **extra)
+    return ScriptCall(
+        "progress",
+        [state_key(task_id), log_key(task_id)],
+        [channel(task_id), ttl_s, body, EVENT_STATUS[EventType.PROGRESS].value, percent, message],
+    )
+
+
+def finish(
+    task_id: str,
+    queue: str,
+    type: EventType,
+    message: str,
+    ttl_s: int,
+    *,
+    result: TaskResult | None = None,
+    error: TaskError | None = None,
+    progress: int = 0,
+) -> ScriptCall:
+    """Log the task's one terminal event. Returns the seq, or 0 if it had already ended."""
+    if type not in TERMINAL_EVENTS:
+        raise ValueError(f"{type} is not a terminal event")
+    if type is EventType.SUCCEEDED:
+        progress = 100
+    status = EVENT_STATUS[type].value
+    body = event_body(task_id, type, progress, message, result=result, error=error)
+    return ScriptCall(
+        "finish",
+        [
+            state_key(task_id),
+            log_key(task_id),
+            input_key(task_id),
+            pending_key(queue),
+            running_key(),
+        ],
+        [
+            channel(task_id),
+            ttl_s,
+            task_id,
+            body,
+            status,
+            progress,
+            message,
+            _now(),
+            error["code"] if error else "",
+        ],
+    )
+
+
+def cancel(task_id: str, queue: str, ttl_s: int) -> ScriptCall:
+    """Cancel: a waiting task ends REVOKED at once, a running one is flagged.
+
+    Returns `[code, status]`: -1 unknown, 0 already finished, 1 revoked, 2 requested.
+    """
+    body = event_body(task_id, EventType.CANCELLED, 0, "Cancelled")
+    return ScriptCall(
+        "cancel",
+        [state_key(task_id), log_key(task_id), input_key(task_id), pending_key(queue)],
+        [channel(task_id), ttl_s, task_id, body, _now()],
+    )
+
+
+def refresh_positions(queue: str, ttl_s: int, limit: int = 1000) -> ScriptCall:
+    """Re-send `queued` to the first `limit` waiting tasks of `queue` whose position moved."""
+    return ScriptCall(
+        "refresh",
+        [pending_key(queue)],
+        [ttl_s, _now(), limit, state_key("%s"), log_key("%s"), channel("%s")],
+    )
+

@@ -1,0 +1,254 @@
+"""The wire contract: everything the api, the workers and the clients agree on.
+
+Task types and their queues, actor names, statuses, event shapes, error codes, and
+every Redis key and channel name live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any, Literal, NotRequired, TypedDict
+
+
+class TaskType(StrEnum):
+    IMAGE_GENERATION = "image_generation"
+    FACE_SWAP = "face_swap"
+    STYLE_TRANSFER = "style_transfer"
+    BACKGROUND_REMOVAL = "background_removal"
+    OBJECT_REMOVAL = "object_removal"
+
+
+class Queue(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+QUEUE_OF: dict[TaskType, Queue] = {
+    TaskType.IMAGE_GENERATION: Queue.GPU,
+    TaskType.FACE_SWAP: Queue.GPU,
+    TaskType.STYLE_TRANSFER: Queue.GPU,
+    TaskType.BACKGROUND_REMOVAL: Queue.CPU,
+    TaskType.OBJECT_REMOVAL: Queue.CPU,
+}
+
+
+def actor_name(task_type: TaskType) -> str:
+    """The Dramatiq actor that runs `task_type`. Queued messages refer to it: never rename."""
+    return f"process_{task_type.value}"
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"
+
+
+TERMINAL_STATUSES = frozenset({Status.SUCCESS, Status.FAILURE, Status.REVOKED})
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENTS = frozenset({EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable error codes, over HTTP, WebSocket and in `failed` events."""
+
+    INVALID_INPUT = "invalid_input"
+    INVALID_JSON = "invalid_json"
+    NOT_FOUND = "not_found"
+    NOT_READY = "not_ready"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
+    TOO_MANY_TASKS = "too_many_tasks"
+    UNAVAILABLE = "unavailable"
+    UNKNOWN_OP = "unknown_op"
+    INTERNAL_ERROR = "internal_error"
+    NO_RESULT = "no_result"
+    CANCELLED = "cancelled"
+    # Failures of a task, carried by `failed` events.
+    MODEL_UNAVAILABLE = "model_unavailable"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    ENGINE_ERROR = "engine_error"
+    INVALID_IMAGE = "invalid_image"
+    NO_FACE_DETECTED = "no_face_detected"
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    ENQUEUE_FAILED = "enqueue_failed"
+
+
+class TaskError(TypedDict):
+    code: str
+    message: str
+
+
+class TaskResult(TypedDict):
+    """The `result` object of GET result and of a `succeeded` event."""
+
+    status: str
+    image_data: str  # base64 PNG
+    metadata: dict[str, Any]
+    prompt_used: NotRequired[str]
+
+
+class Event(TypedDict):
+    """One entry of a task's event log, the same over SSE and WebSocket."""
+
+    task_id: str
+    seq: int
+    type: str
+    status: str
+    progress: int
+    message: str
+    ts: float
+    position: NotRequired[int]
+    eta_s: NotRequired[float]
+    worker: NotRequired[str]
+    queue: NotRequired[str]
+    step: NotRequired[int]
+    total: NotRequired[int]
+    preview: NotRequired[str]
+    result: NotRequired[TaskResult]
+    error: NotRequired[TaskError]
+
+
+EVENT_STATUS: dict[EventType, Status] = {
+    EventType.QUEUED: Status.PENDING,
+    EventType.STARTED: Status.PROCESSING,
+    EventType.PROGRESS: Status.PROCESSING,
+    EventType.SUCCEEDED: Status.SUCCESS,
+    EventType.FAILED: Status.FAILURE,
+    EventType.CANCELLED: Status.REVOKED,
+}
+
+
+def event_body(
+    task_id: str,
+    type: EventType,
+    progress: int,
+    message: str,
+    **extra: Any,
+) -> str:
+    """Serialize an event without its `seq`: the store inserts `seq` atomically.
+
+    The body is a JSON object; the store prepends `"seq":N,` after its `{`.
+    """
+    event: dict[str, Any] = {
+        "task_id": task_id,
+        "type": type.value,
+        "status": EVENT_STATUS[type].value,
+        "progress": progress,
+        "message": message,
+        "ts": round(time.time(), 3),
+    }
+    event.update({k: v for k, v in extra.items() if v is not None})
+    return dumps(event)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, the one serialization used on the wire."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- Redis keys and channels -------------------------------------------------
+# Per-task keys share a hash tag so that a task's keys live on one cluster slot.
+
+KEY_PREFIX = "livepix"
+RESULT_TTL_S = 3600
+
+
+def state_key(task_id: str) -> str:
+    """Hash: status, progress, message, seq, task_type, queue, owner, attempts, ..."""
+    return f"{KEY_PREFIX}:task:{{{task_id}}}:state"
+
+
+def log_key(task_id: str) -> str:
+    """List: the task's events as JSON, index = seq - 1."""
+    return f"{KEY_PREFIX}:task:{{{task_id}}}:log"
+
+
+def input_key(task_id: str) -> str:
+    """String: the task's validated request as JSON (images as base64)."""
+    return f"{KEY_PREFIX}:task:{{{task_id}}}:input"
+
+
+def channel(task_id: str) -> str:
+    """Pub/sub channel on which every appended event of the task is published."""
+    return f"{KEY_PREFIX}:task:{{{task_id}}}:events"
+
+
+def task_id_of_channel(name: str) -> str:
+    """Inverse of `channel`."""
+    return name[len(KEY_PREFIX) + 7 : -8]
+
+
+def pending_key(queue: Queue | str) -> str:
+    """Sorted set of the queue's tasks not yet started, in submit order."""
+    return f"{KEY_PREFIX}:queue:{queue}:pending"
+
+
+def running_key() -> str:
+    """Sorted set: running task id -> time it started."""
+    return f"{KEY_PREFIX}:running"
+
+
+def workers_key() -> str:
+    """Sorted set: worker id -> last heartbeat time."""
+    return f"{KEY_PREFIX}:workers"
+
+
+def order_key() -> str:
+    """Counter giving each submitted task its place in its queue."""
+    return f"{KEY_PREFIX}:order"
+
+
+WORKER_HEARTBEAT_S = 5.0
+WORKER_SEEN_S = 3 * WORKER_HEARTBEAT_S
+
+# --- WebSocket -----------------------------------------------------------------
+
+WsOp = Literal["subscribe", "unsubscribe", "submit", "cancel", "ping"]
+
+
+class WsClose:
+    """WebSocket close codes (SPEC section 5)."""
+
+    DONE = 1000
+    GOING_AWAY = 1001
+    UNAUTHORIZED = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    RESTARTING = 1012
+    OVERLOADED = 1013
+    TOO_SLOW = 4008
+
+# --- Task parameters shared by the api (validation) and the engines -------------
+
+STYLE_PRESETS: dict[str, str] = {
+    "anime": "anime style illustration, clean line art, vibrant cel shading",
+    "watercolor": "soft watercolor painting, wet washes, paper texture",
+    "oil_painting": "classical oil painting, thick impasto brush strokes",
+    "pencil_sketch": "detailed graphite pencil sketch, cross hatching, monochrome",
+    "cyberpunk": "cyberpunk scene, neon lights, rain, high contrast",
+    "pixel_art": "16-bit pixel art, limited palette, crisp pixels",
+    "van_gogh": "in the style of Vincent van Gogh, swirling brush strokes, post-impressionism",
+    "ukiyo_e": "ukiyo-e woodblock print, flat colors, bold outlines",
+    "pop_art": "pop art, halftone dots, bold primary colors",
+    "cinematic": "cinematic film still, dramatic lighting, shallow depth of field",
+}
+
+INPAINT_METHODS = ("auto", "lama", "telea", "ns")

@@ -113,7 +113,7 @@ class Session:
         elif name == "submit":
             await self.submit(op)
         else:
-            self.error(ErrorCode.UNKNOWN_OP.value, f"unknown op {name!r}", op=name)
+            self.error(ErrorCode.UNKNOWN_OP.value, f"unknown op {name!r}", received_op=name)
 
     def _task_id(self, op: dict[str, Any]) -> str | None:
         raw = op.get("task_id")

@@ -1,0 +1,134 @@
+"""Slow clients and a Redis restart: healthy watchers lose nothing and wait for nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets.sync.client as ws_client
+
+from tests.clients import (
+    API,
+    SSEStream,
+    assert_contiguous,
+    noise,
+    png_b64,
+    submit,
+    two_tone,
+    ws_url,
+)
+from tests.conftest import RedisProcess, Stack
+
+
+def ws_frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    header = bytes([0x81])
+    if len(payload) < 126:
+        header += bytes([0x80 | len(payload)])
+    else:
+        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def stalled_ws(base: str, ops: list[dict[str, Any]]) -> socket.socket:
+    """A WebSocket client that sends `ops`, then never reads again, with a tiny buffer."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {API}/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    for op in ops:
+        sock.sendall(ws_frame(json.dumps(op)))
+    return sock
+
+
+def test_a_stalled_websocket_client_does_not_slow_a_healthy_one(stack: Stack) -> None:
+    # Results of ~4 MB each: far more than a stalled socket's buffers can take.
+    bodies = [
+        {
+            "task_type": "object_removal",
+            "image": png_b64(noise(1024, seed)),
+            "parameters": {"boxes": [[10, 10, 40, 40]], "dilate_px": 0},
+        }
+        for seed in range(4)
+    ]
+    ids = [submit(stack.url, body) for body in bodies]
+    stalled = stalled_ws(stack.url, [{"op": "subscribe", "task_id": t} for t in ids])
+    try:
+        lags = []
+        with ws_client.connect(ws_url(stack.url, "/ws"), max_size=None) as ws:
+            for task_id in ids:
+                ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+            waiting = set(ids)
+            while waiting:
+                event = json.loads(ws.recv(timeout=60))
+                if event.get("type") == "succeeded":
+                    lags.append(time.time() - event["ts"])
+                    waiting.discard(event["task_id"])
+        # Each result reached the healthy client promptly although the stalled one
+        # had stopped reading long before.
+        assert max(lags) < 5.0, lags
+    finally:
+        stalled.close()
+
+
+def test_redis_restart_while_a_watcher_waits_leaves_no_gap(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    s = Stack(server.url(0), data_dir, tmp_path)
+    try:
+        base = s.add_api()
+        task_id = submit(base, {"task_type": "background_removal", "image": png_b64(two_tone())})
+        stream = SSEStream(base, task_id)
+        first = stream.next_event()
+        assert first is not None and first["type"] == "queued"
+
+        server.stop()
+        deadline = time.monotonic() + 10
+        while httpx.get(base + API + "/readyz").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status = httpx.get(f"{base}{API}/tasks/{task_id}/status/")
+        assert status.status_code == 503 and status.json()["code"] == "unavailable"
+
+        server.start()  # same port, same AOF: the queued task is still there
+        s.add_worker("cpu")  # its events race the hub's resubscribe
+        rest: list[dict[str, Any]] = []
+        done = threading.Event()
+
+        def read() -> None:
+            rest.extend(stream.rest())
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(60), "the stream did not complete after Redis came back"
+        stream.close()
+        events = [first, *rest]
+        assert_contiguous(events)
+        assert events[-1]["type"] == "succeeded"
+        assert httpx.get(base + API + "/readyz").status_code == 200
+    finally:
+        s.stop()
+        server.stop()

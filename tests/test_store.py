@@ -1,0 +1,80 @@
+"""The store scripts against a real Redis: one terminal event, attempts, positions."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from livepix import store
+from livepix.wire import EventType, TaskError, log_key, pending_key, state_key
+from tests.conftest import RedisProcess
+
+TTL = 60
+
+
+@pytest.fixture
+def client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_server.url(63))
+    c.flushdb()
+    yield c
+    c.close()
+
+
+def run(client: redis.Redis, call: store.ScriptCall) -> object:
+    return client.register_script(store.SCRIPTS[call.script])(keys=call.keys, args=call.args)
+
+
+def new_task(client: redis.Redis, queue: str = "cpu") -> str:
+    task_id = str(uuid.uuid4())
+    assert run(client, store.submit(task_id, "background_removal", queue, "", "{}", TTL)) >= 1
+    return task_id
+
+
+def events(client: redis.Redis, task_id: str) -> list[dict[str, object]]:
+    return [json.loads(e) for e in client.lrange(log_key(task_id), 0, -1)]
+
+
+def test_a_task_ends_with_exactly_one_terminal_event(client: redis.Redis) -> None:
+    task_id = new_task(client)
+    assert run(client, store.start(task_id, "cpu", "w1", 3, TTL)) == 2
+    done = store.finish(task_id, "cpu", EventType.SUCCEEDED, "done", TTL)
+    assert run(client, done) == 3
+    assert run(client, done) == 0
+    failed = store.finish(
+        task_id, "cpu", EventType.FAILED, "x", TTL, error=TaskError(code="engine_error", message="x")
+    )
+    assert run(client, failed) == 0
+    assert run(client, store.progress(task_id, 50, "late", TTL)) == [0, 0]
+    assert [e["type"] for e in events(client, task_id)] == ["queued", "started", "succeeded"]
+    assert client.ttl(state_key(task_id)) > 0 and client.ttl(log_key(task_id)) > 0
+
+
+def test_a_task_restarted_past_its_attempts_fails_worker_lost(client: redis.Redis) -> None:
+    task_id = new_task(client)
+    for _ in range(2):
+        assert run(client, store.start(task_id, "cpu", "w", 2, TTL)) > 0
+    assert run(client, store.start(task_id, "cpu", "w", 2, TTL)) == -2
+    last = events(client, task_id)[-1]
+    assert last["type"] == "failed" and last["error"]["code"] == "worker_lost"
+
+
+def test_cancel_of_a_running_task_is_seen_at_its_next_progress(client: redis.Redis) -> None:
+    task_id = new_task(client)
+    run(client, store.start(task_id, "cpu", "w", 3, TTL))
+    assert run(client, store.progress(task_id, 10, "a", TTL)) == [3, 0]
+    assert run(client, store.cancel(task_id, "cpu", TTL)) == [2, b"PROCESSING"]
+    assert run(client, store.progress(task_id, 20, "b", TTL)) == [4, 1]
+
+
+def test_positions_move_up_when_tasks_ahead_leave(client: redis.Redis) -> None:
+    ids = [new_task(client, "gpu") for _ in range(3)]
+    assert [e["position"] for e in (events(client, i)[0] for i in ids)] == [1, 2, 3]
+    run(client, store.start(ids[0], "gpu", "w", 3, TTL))
+    assert run(client, store.refresh_positions("gpu", TTL)) == 2
+    assert run(client, store.refresh_positions("gpu", TTL)) == 0  # nothing moved: nothing sent
+    assert [events(client, i)[-1]["position"] for i in ids[1:]] == [1, 2]
+    assert client.zcard(pending_key("gpu")) == 2

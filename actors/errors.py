@@ -39,5 +39,11 @@ class NoFaceDetectedError(TaskFailedError):
     code = ErrorCode.NO_FACE_DETECTED
 
 
+class OutOfMemoryError(TaskFailedError):
+    """Raised when the device ran out of memory; its memory was freed before raising."""
+
+    code = ErrorCode.OUT_OF_MEMORY
+
+
 class TaskCancelledError(Exception):
     """Raised at a progress point when the task's cancel was requested; not a failure."""

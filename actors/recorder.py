@@ -90,7 +90,7 @@ class Reporter:
         self._recorder = recorder
         self._task_id = task_id
         self._last_preview_at = 0.0
-        self.started_at = time.monotonic()
+        self._first_step: tuple[float, int] | None = None
 
     def __call__(
         self,
@@ -104,16 +104,31 @@ class Reporter:
         preview_b64 = None
         now = time.monotonic()
         if preview is not None and now - self._last_preview_at >= PREVIEW_INTERVAL_S:
-            preview_b64 = encode_preview(preview())
-            self._last_preview_at = now
+            image = preview()
+            if image is not None:
+                preview_b64 = encode_preview(image)
+                self._last_preview_at = now
         self._recorder.progress(
             self._task_id,
             max(0, min(99, int(percent))),
             message,
             step=step,
             total=total,
+            eta_s=self._eta(now, step, total),
             preview=preview_b64,
         )
+
+    def _eta(self, now: float, step: int | None, total: int | None) -> float | None:
+        """Seconds left, from the pace of the steps seen so far."""
+        if step is None or not total:
+            return None
+        if self._first_step is None:
+            self._first_step = (now, step)
+            return None
+        started, first = self._first_step
+        if step <= first:
+            return None
+        return round((now - started) / (step - first) * (total - step), 1)
 
 
 def encode_preview(image: Any) -> str:

@@ -206,12 +206,17 @@ def stack(
         s.stop()
 
 
+def fresh_stack(redis_server: RedisProcess, data_dir: Path, log_dir: Path) -> Stack:
+    """An empty stack on a Redis database of its own."""
+    return Stack(redis_server.url(next(_db_numbers)), data_dir, log_dir)
+
+
 @pytest.fixture
 def new_stack(
     redis_server: RedisProcess, data_dir: Path, tmp_path: Path
 ) -> Iterator[Stack]:
     """An empty stack on a fresh Redis database: the test adds the processes it needs."""
-    s = Stack(redis_server.url(next(_db_numbers)), data_dir, tmp_path)
+    s = fresh_stack(redis_server, data_dir, tmp_path)
     yield s
     s.stop()
 
@@ -222,7 +227,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
-        for name in ("stack", "new_stack"):
+        for name in ("stack", "new_stack", "gpu"):
             s = item.funcargs.get(name) if hasattr(item, "funcargs") else None  # type: ignore[attr-defined]
             if isinstance(s, Stack):
                 report.sections.append((f"{name} logs", s.logs()))

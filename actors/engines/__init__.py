@@ -62,30 +62,17 @@ class Engine(Protocol):
     def run(self, task: EngineInput, report: Report) -> EngineOutput: ...
 
 
-def _build(task_type: TaskType, settings: Settings) -> Engine:
-    if task_type is TaskType.BACKGROUND_REMOVAL:
-        from .background import BackgroundRemover
-
-        return BackgroundRemover.load(settings)
-    if task_type is TaskType.OBJECT_REMOVAL:
-        from .inpaint import ObjectRemover
-
-        return ObjectRemover(settings)
-    raise EngineUnavailableError(
-        f"{task_type.value} has no engine in this livepix release yet "
-        "(the GPU engines are not implemented); the task was routed to the gpu queue and failed "
-        "instead of waiting forever"
-    )
-
-
 class Engines:
-    """The engines of one worker process: each built on first use, then reused."""
+    """The engines of one worker process: each built on first use, then reused.
+
+    Image generation and style transfer share one diffusion pipeline.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._engines: dict[TaskType, Engine] = {}
+        self._diffusion: Any = None
         self._lock = threading.Lock()
-        self.loads: dict[TaskType, int] = {}
 
     def get(self, task_type: TaskType, report: Report) -> Engine:
         engine = self._engines.get(task_type)
@@ -95,8 +82,30 @@ class Engines:
             engine = self._engines.get(task_type)
             if engine is None:
                 report(1, f"Preparing the {task_type.value} engine")
-                engine = _build(task_type, self._settings)
+                engine = self._build(task_type, report)
                 self._engines[task_type] = engine
-                self.loads[task_type] = self.loads.get(task_type, 0) + 1
                 log.info("loaded the %s engine", task_type.value)
         return engine
+
+    def _build(self, task_type: TaskType, report: Report) -> Engine:
+        settings = self._settings
+        if task_type is TaskType.BACKGROUND_REMOVAL:
+            from .background import BackgroundRemover
+
+            return BackgroundRemover.load(settings)
+        if task_type is TaskType.OBJECT_REMOVAL:
+            from .inpaint import ObjectRemover
+
+            return ObjectRemover(settings)
+        if task_type in (TaskType.IMAGE_GENERATION, TaskType.STYLE_TRANSFER):
+            from .diffusion import Diffusion, ImageGenerator, StyleTransfer
+
+            if self._diffusion is None:
+                self._diffusion = Diffusion.load(settings, report)
+            if task_type is TaskType.IMAGE_GENERATION:
+                return ImageGenerator(self._diffusion)
+            return StyleTransfer(self._diffusion)
+        raise EngineUnavailableError(
+            f"{task_type.value} has no engine in this livepix release yet; the task was "
+            "routed to the gpu queue and failed instead of waiting forever"
+        )

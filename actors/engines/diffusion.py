@@ -1,0 +1,245 @@
+"""Image generation and style transfer with diffusers, sharing one set of weights.
+
+`LIVEPIX_TXT2IMG_MODEL` is a Hugging Face model id or a local diffusers directory
+(default `stable-diffusion-v1-5/stable-diffusion-v1-5`, CreativeML OpenRAIL-M, which
+allows commercial use under its use restrictions). Hub models are cached under
+`<data dir>/models/huggingface`. Style transfer is img2img built with `from_pipe`: the
+same modules, no second copy of the weights.
+
+Every denoising step reports progress (and so is a cancel point: the exception raised
+by `report` leaves the pipeline before the VAE decode) with a cheap preview decoded
+from the latents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from livepix.config import Settings
+from livepix.wire import STYLE_PRESETS
+
+from ..errors import InvalidImageError, ModelUnavailableError, OutOfMemoryError
+from . import EngineInput, EngineOutput, Report
+from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+STYLE_MAX_SIDE = 768  # img2img input is scaled down to this; SD1.x is trained near 512
+PREVIEW_MIN_SIDE = 128
+
+# SD latent space (4 channels) to RGB, from ComfyUI's SD1.5 preview factors.
+LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+
+
+def model_source(settings: Settings) -> tuple[str, bool]:
+    """(what to load, whether it is a local directory)."""
+    spec = settings.txt2img_model or DEFAULT_MODEL
+    local = os.path.isdir(os.path.expanduser(spec)) or spec.startswith(("/", "./", "~"))
+    return (str(Path(spec).expanduser()) if local else spec), local
+
+
+def hub_cache(settings: Settings) -> Path:
+    return settings.model_dir / "huggingface"
+
+
+def latents_preview(latents: Any) -> Image.Image | None:
+    """A small RGB image from SD latents (B, 4, h, w): no VAE, a 4x3 projection."""
+    import torch
+
+    if latents.ndim != 4 or latents.shape[1] != len(LATENT_RGB):
+        return None
+    factors = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float(), factors).clamp(-1, 1)
+    pixels = ((rgb + 1) * 127.5).to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(pixels)
+    if min(image.size) < PREVIEW_MIN_SIDE:
+        scale = -(-PREVIEW_MIN_SIDE // min(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+    return image
+
+
+class Diffusion:
+    """A loaded text-to-image pipeline and its img2img sibling."""
+
+    def __init__(self, txt2img: Any, model: str, device: Device) -> None:
+        from diffusers import AutoPipelineForImage2Image
+
+        self.txt2img = txt2img
+        self.img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
+        self.img2img.set_progress_bar_config(disable=True)
+        self.model = model
+        self.device = device
+        # Pipelines keep per-call state (the scheduler): one run at a time.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: Settings, report: Report) -> Diffusion:
+        source, local = model_source(settings)
+        if local and not Path(source).is_dir():
+            raise ModelUnavailableError(f"LIVEPIX_TXT2IMG_MODEL={source} is not a directory")
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        device = pick_device(settings.device)
+        options: dict[str, Any] = {"dtype": device.dtype}
+        if not local:
+            options["cache_dir"] = str(hub_cache(settings))
+        try:
+            try:
+                pipe = AutoPipelineForText2Image.from_pretrained(source, local_files_only=True, **options)
+            except (OSError, ValueError):
+                if local:
+                    raise
+                report(2, f"Fetching {source} into the data dir (first use; several GB)")
+                pipe = AutoPipelineForText2Image.from_pretrained(source, **options)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(
+                f"the image model {source!r} could not be loaded ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); set LIVEPIX_TXT2IMG_MODEL to a local diffusers directory "
+                "or make the hub reachable once"
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        pipe = pipe.to(device.name)
+        log.info("diffusion model %s on %s (%s)", source, device.name, torch.float16 if device.is_cuda else "fp32")
+        return cls(pipe, source, device)
+
+    def generate(self, task: EngineInput, report: Report) -> EngineOutput:
+        params = task.parameters
+        seed = params.get("seed")
+        seed = random.randrange(2**32) if seed is None else int(seed)
+        steps = int(params["steps"])
+        outcome = self._run(
+            self.txt2img,
+            report,
+            "Denoising",
+            prompt=task.prompt,
+            negative_prompt=params.get("negative_prompt") or None,
+            width=int(params["width"]),
+            height=int(params["height"]),
+            num_inference_steps=steps,
+            guidance_scale=float(params["guidance_scale"]),
+            generator=self._generator(seed),
+        )
+        return EngineOutput(
+            image=outcome,
+            metadata={"model": self.model, "seed": seed, "device": self.device.name, "parameters": {**params, "seed": seed}},
+            prompt_used=task.prompt,
+        )
+
+    def stylize(self, task: EngineInput, report: Report) -> EngineOutput:
+        if task.image is None:
+            raise InvalidImageError("style_transfer needs an image")
+        params = task.parameters
+        style = params.get("style")
+        prompt = ", ".join(p for p in (task.prompt, STYLE_PRESETS.get(style or "")) if p)
+        seed = params.get("seed")
+        seed = random.randrange(2**32) if seed is None else int(seed)
+        image = fit_for_diffusion(task.image.convert("RGB"), STYLE_MAX_SIDE)
+        outcome = self._run(
+            self.img2img,
+            report,
+            "Restyling",
+            prompt=prompt,
+            image=image,
+            strength=float(params["strength"]),
+            num_inference_steps=int(params["steps"]),
+            guidance_scale=float(params["guidance_scale"]),
+            generator=self._generator(seed),
+        )
+        return EngineOutput(
+            image=outcome,
+            metadata={
+                "model": self.model,
+                "seed": seed,
+                "style": style,
+                "device": self.device.name,
+                "input_size": list(task.image.size),
+                "output_size": list(outcome.size),
+                "parameters": {**params, "seed": seed},
+            },
+            prompt_used=prompt,
+        )
+
+    def _generator(self, seed: int) -> Any:
+        import torch
+
+        # A CPU generator gives the same noise for a seed on every device.
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def _run(self, pipe: Any, report: Report, verb: str, **kwargs: Any) -> Image.Image:
+        import torch
+
+        def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            total = int(getattr(pipeline, "num_timesteps", 0) or kwargs["num_inference_steps"])
+            done = step + 1
+            latents = tensors.get("latents")
+            report(
+                5 + 88 * done / total,
+                f"{verb} step {done}/{total}",
+                step=done,
+                total=total,
+                preview=(lambda: latents_preview(latents)) if latents is not None else None,
+            )
+            return tensors
+
+        with self._lock:
+            report(4, f"{verb}")
+            try:
+                with torch.inference_mode():
+                    out = pipe(
+                        callback_on_step_end=on_step,
+                        callback_on_step_end_tensor_inputs=["latents"],
+                        **kwargs,
+                    )
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                free_cuda_memory()
+                raise OutOfMemoryError(
+                    "the device ran out of memory; try a smaller size or fewer concurrent tasks"
+                ) from exc
+        image: Image.Image = out.images[0]
+        return image
+
+
+def fit_for_diffusion(image: Image.Image, max_side: int) -> Image.Image:
+    """Scale down to `max_side` and round each side down to a multiple of 8 (min 64)."""
+    scale = min(1.0, max_side / max(image.size))
+    width = max(64, int(image.width * scale) // 8 * 8)
+    height = max(64, int(image.height * scale) // 8 * 8)
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+class ImageGenerator:
+    """The `image_generation` engine: the shared `Diffusion` in text-to-image mode."""
+
+    def __init__(self, diffusion: Diffusion) -> None:
+        self.diffusion = diffusion
+
+    def run(self, task: EngineInput, report: Report) -> EngineOutput:
+        return self.diffusion.generate(task, report)
+
+
+class StyleTransfer:
+    """The `style_transfer` engine: the shared `Diffusion` in img2img mode."""
+
+    def __init__(self, diffusion: Diffusion) -> None:
+        self.diffusion = diffusion
+
+    def run(self, task: EngineInput, report: Report) -> EngineOutput:
+        return self.diffusion.stylize(task, report)

@@ -1,0 +1,130 @@
+"""Image generation and style transfer with a tiny Stable Diffusion, through a real worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.clients import API, SSEStream, assert_contiguous, decode_png, png_b64, sse_events, submit, two_tone
+from tests.conftest import RedisProcess, Stack, fresh_stack
+from tests.models_diffusion import build_tiny_sd
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def gpu(
+    redis_server: RedisProcess, data_dir: Path, tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One api and one gpu worker with the tiny model, shared by this module's tests."""
+    stack = fresh_stack(redis_server, data_dir, tmp_path_factory.mktemp("gpu-logs"))
+    stack.env["LIVEPIX_TXT2IMG_MODEL"] = str(tiny_sd)
+    try:
+        stack.add_api()
+        stack.add_worker("gpu")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def generation(steps: int = 6, seed: int | None = 7, size: int = 64, **extra: Any) -> dict[str, Any]:
+    return {
+        "task_type": "image_generation",
+        "prompt": "a lighthouse at dawn",
+        "parameters": {"steps": steps, "seed": seed, "width": size, "height": size, **extra},
+    }
+
+
+def test_generation_reports_every_step_with_a_preview_and_returns_the_image(gpu: Stack) -> None:
+    events = sse_events(gpu.url, submit(gpu.url, generation(steps=6)))
+    assert_contiguous(events)
+    steps = [e for e in events if e["type"] == "progress" and "step" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(e["total"] == 6 for e in steps)
+    assert any("preview" in e for e in steps)
+    preview = decode_jpeg(next(e["preview"] for e in steps if "preview" in e))
+    assert min(preview) >= 64
+    assert any("eta_s" in e for e in steps[1:])
+    final = events[-1]
+    assert final["type"] == "succeeded", final
+    assert decode_png(final["result"]["image_data"]).size == (64, 64)
+    assert final["result"]["prompt_used"] == "a lighthouse at dawn"
+    assert final["result"]["metadata"]["seed"] == 7
+
+
+def decode_jpeg(b64: str) -> tuple[int, int]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
+        assert image.format == "JPEG"
+        return image.size
+
+
+def test_the_same_seed_gives_the_same_image_and_the_model_stays_loaded(gpu: Stack) -> None:
+    sse_events(gpu.url, submit(gpu.url, generation()))  # the model is loaded by now
+    runs = [sse_events(gpu.url, submit(gpu.url, generation(seed=s))) for s in (42, 42, 43)]
+    images = [r[-1]["result"]["image_data"] for r in runs]
+    assert images[0] == images[1] != images[2]
+    assert all(
+        "Preparing the image_generation engine" not in [e["message"] for e in r] for r in runs
+    )
+
+
+def test_cancel_mid_generation_stops_within_one_step(gpu: Stack) -> None:
+    task_id = submit(gpu.url, generation(steps=150, size=256))
+    stream = SSEStream(gpu.url, task_id)
+    events = []
+    while (event := stream.next_event()) is not None:
+        events.append(event)
+        if event.get("step") == 3:
+            break
+    assert httpx.post(f"{gpu.url}{API}/tasks/{task_id}/cancel/").json()["cancelled"] is True
+    seq_at_cancel = httpx.get(f"{gpu.url}{API}/tasks/{task_id}/status/").json()["seq"]
+    events += stream.rest()
+    stream.close()
+    assert_contiguous(events)
+    assert events[-1]["type"] == "cancelled"
+    later = [e for e in events if e["seq"] > seq_at_cancel and e["type"] == "progress"]
+    assert len(later) <= 1, later
+    assert max(e.get("step", 0) for e in events) < 150
+
+
+def test_style_transfer_restyles_the_image_with_a_preset(gpu: Stack) -> None:
+    body = {
+        "task_type": "style_transfer",
+        "image": png_b64(two_tone(100, 70)),
+        "parameters": {"style": "watercolor", "strength": 0.5, "steps": 8, "seed": 1},
+    }
+    events = sse_events(gpu.url, submit(gpu.url, body))
+    assert_contiguous(events)
+    steps = [e for e in events if e.get("step")]
+    assert steps and steps[-1]["step"] == steps[-1]["total"] == 4  # strength 0.5 of 8 steps
+    assert any("preview" in e for e in steps)
+    final = events[-1]
+    assert final["type"] == "succeeded", final
+    assert decode_png(final["result"]["image_data"]).size == (96, 64)  # multiples of 8
+    assert "watercolor" in final["result"]["prompt_used"]
+    assert final["result"]["metadata"]["style"] == "watercolor"
+
+
+def test_a_missing_model_fails_model_unavailable_quickly(new_stack: Stack, tmp_path: Path) -> None:
+    new_stack.env["LIVEPIX_TXT2IMG_MODEL"] = str(tmp_path / "no-such-model")
+    new_stack.add_api()
+    new_stack.add_worker("gpu")
+    started = time.monotonic()
+    events = sse_events(new_stack.url, submit(new_stack.url, generation()))
+    assert events[-1]["type"] == "failed"
+    assert events[-1]["error"]["code"] == "model_unavailable"
+    assert "LIVEPIX_TXT2IMG_MODEL" in events[-1]["error"]["message"]
+    assert time.monotonic() - started < 15

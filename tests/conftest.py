@@ -111,6 +111,7 @@ class Stack:
             "REDIS_URL": redis_url,
             "LIVEPIX_DATA_DIR": str(data_dir),
             "LIVEPIX_LOG_LEVEL": "info",
+            "HF_HUB_OFFLINE": "1",  # tests never download a model
             **env,
         }
         self.log_dir = log_dir

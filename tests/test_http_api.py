@@ -60,15 +60,24 @@ def test_failed_task_result_carries_the_error(stack: Stack) -> None:
     task_id = submit(stack.url, {"task_type": "image_generation", "prompt": "a red fox"})
     events = sse_events(stack.url, task_id)
     assert events[-1]["type"] == "failed"
-    assert events[-1]["error"]["code"] == "engine_unavailable"
+    assert events[-1]["error"]["code"] == "model_unavailable"  # no model in the data dir
     result = httpx.get(f"{stack.url}{API}/tasks/{task_id}/result/").json()
-    assert result["status"] == "FAILURE" and result["error"]["code"] == "engine_unavailable"
+    assert result["status"] == "FAILURE" and result["error"] == events[-1]["error"]
     png = httpx.get(f"{stack.url}{API}/tasks/{task_id}/result.png")
     assert png.status_code == 409 and png.json()["code"] == "no_result"
 
 
-@pytest.mark.parametrize("task_type", ["image_generation", "face_swap", "style_transfer"])
-def test_gpu_task_types_are_routed_to_the_gpu_queue_and_fail_clearly(stack: Stack, task_type: str) -> None:
+@pytest.mark.parametrize(
+    ("task_type", "code"),
+    [
+        ("image_generation", "model_unavailable"),
+        ("style_transfer", "model_unavailable"),
+        ("face_swap", "engine_unavailable"),
+    ],
+)
+def test_gpu_tasks_without_models_are_routed_to_the_gpu_queue_and_fail_clearly(
+    stack: Stack, task_type: str, code: str
+) -> None:
     body: dict[str, object] = {"task_type": task_type, "prompt": "oil painting", "image": IMAGE}
     if task_type == "image_generation":
         body.pop("image")
@@ -76,7 +85,7 @@ def test_gpu_task_types_are_routed_to_the_gpu_queue_and_fail_clearly(stack: Stac
         body = {"task_type": task_type, "image": IMAGE, "target_image": IMAGE}
     events = sse_events(stack.url, submit(stack.url, body))
     assert next(e for e in events if e["type"] == "started")["queue"] == "gpu"
-    assert events[-1]["type"] == "failed" and events[-1]["error"]["code"] == "engine_unavailable"
+    assert events[-1]["type"] == "failed" and events[-1]["error"]["code"] == code
 
 
 BAD_INPUTS = [

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from PIL import Image
 
@@ -53,6 +55,19 @@ def model_source(settings: Settings) -> tuple[str, bool]:
 
 def hub_cache(settings: Settings) -> Path:
     return settings.model_dir / "huggingface"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (and offline mode is off)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def latents_preview(latents: Any) -> Image.Image | None:
@@ -90,6 +105,13 @@ class Diffusion:
         source, local = model_source(settings)
         if local and not Path(source).is_dir():
             raise ModelUnavailableError(f"LIVEPIX_TXT2IMG_MODEL={source} is not a directory")
+        cached = (hub_cache(settings) / f"models--{source.replace('/', '--')}").is_dir()
+        if not local and not cached and not hub_reachable():
+            # The hub client would retry for half a minute: fail now, and say why.
+            raise ModelUnavailableError(
+                f"the image model {source!r} is not in the data dir and the Hugging Face hub "
+                "is unreachable; set LIVEPIX_TXT2IMG_MODEL to a local diffusers directory"
+            )
         import torch
         from diffusers import AutoPipelineForText2Image
 

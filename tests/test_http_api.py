@@ -72,7 +72,7 @@ def test_failed_task_result_carries_the_error(stack: Stack) -> None:
     [
         ("image_generation", "model_unavailable"),
         ("style_transfer", "model_unavailable"),
-        ("face_swap", "engine_unavailable"),
+        ("face_swap", "model_unavailable"),
     ],
 )
 def test_gpu_tasks_without_models_are_routed_to_the_gpu_queue_and_fail_clearly(

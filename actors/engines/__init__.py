@@ -97,6 +97,10 @@ class Engines:
             from .inpaint import ObjectRemover
 
             return ObjectRemover(settings)
+        if task_type is TaskType.FACE_SWAP:
+            from .faceswap import FaceSwapper
+
+            return FaceSwapper.load(settings)
         if task_type in (TaskType.IMAGE_GENERATION, TaskType.STYLE_TRANSFER):
             from .diffusion import Diffusion, ImageGenerator, StyleTransfer
 

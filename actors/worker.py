@@ -19,7 +19,15 @@ from dramatiq.brokers.redis import RedisBroker
 
 from livepix.broker import make_broker
 from livepix.config import Settings
-from livepix.wire import QUEUE_OF, WORKER_HEARTBEAT_S, Queue, TaskType, actor_name, workers_key
+from livepix.wire import (
+    QUEUE_OF,
+    WORKER_HEARTBEAT_S,
+    Queue,
+    TaskType,
+    actor_name,
+    capacity_key,
+    workers_key,
+)
 
 from .engines import Engines
 from .recorder import Recorder
@@ -66,15 +74,21 @@ class WorkerProcess:
         declare_actors(self.broker, Runner(self.recorder, self.engines), settings)
         self._stop = threading.Event()
 
-    def _beat(self) -> None:
+    def _beat_once(self) -> None:
+        now = time.time()
+        self.recorder.heartbeat(workers_key(), self.worker_id, now)
+        for queue in self.queues:
+            self.recorder.heartbeat(capacity_key(queue), f"{self.worker_id}|{self.threads}", now)
+        # Dramatiq refreshes its own heartbeat only when it fetches, which a worker
+        # whose prefetch is all taken does not do during a long task: keep it fresh
+        # so that maintenance never re-queues a running task.
         beats_key = f"{self.broker.namespace}:__heartbeats__"
+        self.recorder.heartbeat(beats_key, self.broker.broker_id, now * 1000)
+
+    def _beat(self) -> None:
         while not self._stop.wait(WORKER_HEARTBEAT_S):
             try:
-                self.recorder.heartbeat(workers_key(), self.worker_id, time.time())
-                # Dramatiq refreshes its own heartbeat only when it fetches, which a
-                # worker whose prefetch is all taken does not do during a long task:
-                # keep it fresh so that maintenance never re-queues a running task.
-                self.recorder.heartbeat(beats_key, self.broker.broker_id, time.time() * 1000)
+                self._beat_once()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -90,7 +104,7 @@ class WorkerProcess:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         try:
-            self.recorder.heartbeat(workers_key(), self.worker_id, time.time())
+            self._beat_once()
         except redis.RedisError as exc:
             log.warning("first heartbeat failed: %s", exc)
         beat = threading.Thread(target=self._beat, name="livepix-heartbeat", daemon=True)
@@ -108,6 +122,8 @@ class WorkerProcess:
         worker.stop(timeout=SHUTDOWN_TIMEOUT_MS)
         try:
             self.recorder.client.zrem(workers_key(), self.worker_id)
+            for queue in self.queues:
+                self.recorder.client.zrem(capacity_key(queue), f"{self.worker_id}|{self.threads}")
         except redis.RedisError:
             log.warning("could not deregister worker %s", self.worker_id)
         self.broker.close()

@@ -108,6 +108,8 @@ async def status(request: Request) -> Response:
     position = await tasks.position(state)
     if position is not None:
         body["position"] = position
+        if state.eta_s is not None:
+            body["eta_s"] = state.eta_s
     return JSONResponse(body)
 
 

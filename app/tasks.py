@@ -37,16 +37,20 @@ from livepix.wire import (
     log_key,
     pending_key,
     running_key,
+    runtime_key,
+    capacity_key,
     state_key,
     workers_key,
 )
 
 from .errors import NotFoundError, UnavailableError
+from .eta import capacity, estimate
 from .validation import TaskRequest
 
 log = logging.getLogger(__name__)
 
 POSITIONS_INTERVAL_S = 1.0
+MAX_TRACKED = 1000  # waiting tasks per queue that get position and ETA updates
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class TaskState:
     owner: str
     result_available: bool
     error_code: str
+    eta_s: float | None
 
     @property
     def terminal(self) -> bool:
@@ -82,6 +87,7 @@ class TaskState:
             owner=h.get("owner", ""),
             result_available=h.get("result_available") == "1",
             error_code=h.get("error_code", ""),
+            eta_s=float(h["eta_s"]) if h.get("eta_s") else None,
         )
 
 
@@ -216,12 +222,43 @@ class TaskService:
             return False
 
     async def keep_positions(self) -> None:
-        """Re-send `queued` with the new position to waiting tasks, at most once a second."""
+        """Re-send `queued` when a waiting task's position or ETA moves, at most once a second."""
         while True:
             await asyncio.sleep(POSITIONS_INTERVAL_S)
-            try:
-                for queue in Queue:
-                    if await self.client.zcard(pending_key(queue)):
-                        await self._run(store.refresh_positions(queue.value, self.settings.result_ttl_s))
-            except (RedisError, OSError) as exc:
-                log.debug("position refresh skipped: %s", exc)
+            for queue in Queue:
+                try:
+                    await self._requeue(queue)
+                except (RedisError, OSError) as exc:
+                    log.debug("position refresh of %s skipped: %s", queue.value, exc)
+
+    async def _requeue(self, queue: Queue) -> None:
+        ids = [i.decode() for i in await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1)]
+        if not ids:
+            return
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(state_key(task_id), "status", "task_type")
+        pipe.hgetall(runtime_key())
+        pipe.zrangebyscore(capacity_key(queue), now - WORKER_SEEN_S, "+inf")
+        pipe.zrange(running_key(), 0, -1, withscores=True)
+        *states, runtimes_raw, workers, running_raw = await pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, _started in running_raw:
+            pipe.hmget(state_key(task_id.decode()), "queue", "task_type")
+        running = [
+            (info[1].decode(), now - started)
+            for (_, started), info in zip(running_raw, await pipe.execute(), strict=True)
+            if info[0] is not None and info[0].decode() == queue.value and info[1] is not None
+        ]
+        waiting = [(i, s[1].decode()) for i, s in zip(ids, states, strict=True) if s[0] == b"PENDING" and s[1]]
+        runtimes = {k.decode(): float(v) for k, v in runtimes_raw.items()}
+        etas = estimate([t for _, t in waiting], running, runtimes, capacity(workers))
+        pipe = self.client.pipeline(transaction=False)
+        for position, ((task_id, _), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
+            call = store.requeued(task_id, position, eta, self.settings.result_ttl_s)
+            await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+        await pipe.execute()
+        gone = [i for i, s in zip(ids, states, strict=True) if s[0] != b"PENDING"]
+        if gone:
+            await self.client.zrem(pending_key(queue), *gone)

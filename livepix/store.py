@@ -26,6 +26,7 @@ from .wire import (
     log_key,
     pending_key,
     running_key,
+    runtime_key,
     state_key,
     order_key,
 )
@@ -44,10 +45,15 @@ end
 local function is_terminal(s)
   return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED'
 end
-local function queued(state, log, chan, ttl, id, pos, now)
+local function queued(state, log, chan, ttl, id, pos, eta, now)
   local message = 'Queued at position ' .. pos
+  local extra = ''
+  if eta ~= '' then
+    extra = ',"eta_s":' .. eta
+    redis.call('HSET', state, 'eta_s', eta)
+  end
   local body = '{"task_id":"' .. id .. '","type":"queued","status":"PENDING","progress":0,'
-    .. '"message":"' .. message .. '","ts":' .. now .. ',"position":' .. pos .. '}'
+    .. '"message":"' .. message .. '","ts":' .. now .. ',"position":' .. pos .. extra .. '}'
   redis.call('HSET', state, 'position', pos)
   return append(state, log, chan, ttl, body, 'PENDING', 0, message)
 end
@@ -63,7 +69,7 @@ local pos = redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
 redis.call('HSET', KEYS[1], 'seq', 0, 'task_type', ARGV[5], 'queue', ARGV[6], 'owner', ARGV[7],
   'created', ARGV[8], 'attempts', 0)
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
-queued(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], pos, ARGV[8])
+queued(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], pos, '', ARGV[8])
 return pos
 """
 
@@ -83,7 +89,7 @@ if attempts > tonumber(ARGV[6]) then
 end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
 redis.call('HSET', KEYS[1], 'worker', ARGV[4], 'started', ARGV[5])
-redis.call('HDEL', KEYS[1], 'position')
+redis.call('HDEL', KEYS[1], 'position', 'eta_s')
 return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[7], 'PROCESSING', 0, 'Started')
 """
 
@@ -100,7 +106,7 @@ if cancel == '1' then return {seq, 1} end
 return {seq, 0}
 """
 
-# KEYS: state, log, input, pending, running
+# KEYS: state, log, input, pending, running, runtime
 # ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -110,9 +116,18 @@ redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('DEL', KEYS[3])
 local available = 0
-if ARGV[5] == 'SUCCESS' then available = 1 end
+if ARGV[5] == 'SUCCESS' then
+  available = 1
+  local info = redis.call('HMGET', KEYS[1], 'task_type', 'started')
+  if info[1] and info[2] then
+    local took = tonumber(ARGV[8]) - tonumber(info[2])
+    local avg = tonumber(redis.call('HGET', KEYS[6], info[1]))
+    if avg then took = 0.7 * avg + 0.3 * took end
+    redis.call('HSET', KEYS[6], info[1], string.format('%.3f', took))
+  end
+end
 redis.call('HSET', KEYS[1], 'finished', ARGV[8], 'error_code', ARGV[9], 'result_available', available)
-redis.call('HDEL', KEYS[1], 'position')
+redis.call('HDEL', KEYS[1], 'position', 'eta_s')
 return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 """
 
@@ -127,7 +142,7 @@ if st == 'PENDING' then
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'result_available', 0)
-  redis.call('HDEL', KEYS[1], 'position')
+  redis.call('HDEL', KEYS[1], 'position', 'eta_s')
   append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'REVOKED', 0, 'Cancelled')
   return {1, 'REVOKED'}
 end
@@ -135,27 +150,19 @@ redis.call('HSET', KEYS[1], 'cancel_requested', 1)
 return {2, st}
 """
 
-# KEYS: pending
-# ARGV: ttl, now, limit, state_fmt, log_fmt, channel_fmt
-# Re-sends `queued` for every waiting task whose position changed; drops expired ones.
-_REFRESH = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
-local pos = 0
-local changed = 0
-for _, id in ipairs(ids) do
-  local state = string.format(ARGV[4], id)
-  local st = redis.call('HMGET', state, 'status', 'position')
-  if st[1] ~= 'PENDING' then
-    redis.call('ZREM', KEYS[1], id)
-  else
-    pos = pos + 1
-    if tonumber(st[2]) ~= pos then
-      queued(state, string.format(ARGV[5], id), string.format(ARGV[6], id), ARGV[1], id, pos, ARGV[2])
-      changed = changed + 1
-    end
-  end
-end
-return changed
+# KEYS: state, log
+# ARGV: channel, ttl, task_id, position, eta_s ('' = unknown), now
+# Re-sends `queued` to a waiting task whose position, or ETA by a second or 10%, moved.
+_REQUEUED = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'position', 'eta_s')
+if st[1] ~= 'PENDING' then return 0 end
+local pos = tonumber(ARGV[4])
+local eta = tonumber(ARGV[5])
+local old = tonumber(st[3])
+local moved = tonumber(st[2]) ~= pos
+if eta and (not old or math.abs(eta - old) >= math.max(1, 0.1 * old)) then moved = true end
+if not moved then return 0 end
+return queued(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], pos, ARGV[5], ARGV[6])
 """
 
 SCRIPTS: dict[str, str] = {
@@ -166,7 +173,7 @@ SCRIPTS: dict[str, str] = {
         "progress": _PROGRESS,
         "finish": _FINISH,
         "cancel": _CANCEL,
-        "refresh": _REFRESH,
+        "requeued": _REQUEUED,
     }.items()
 }
 
@@ -266,6 +273,7 @@ def finish(
             input_key(task_id),
             pending_key(queue),
             running_key(),
+            runtime_key(),
         ],
         [
             channel(task_id),
@@ -294,11 +302,10 @@ def cancel(task_id: str, queue: str, ttl_s: int) -> ScriptCall:
     )
 
 
-def refresh_positions(queue: str, ttl_s: int, limit: int = 1000) -> ScriptCall:
-    """Re-send `queued` to the first `limit` waiting tasks of `queue` whose position moved."""
+def requeued(task_id: str, position: int, eta_s: float | None, ttl_s: int) -> ScriptCall:
+    """Re-send `queued` if the task's position or ETA moved; returns the seq or 0."""
     return ScriptCall(
-        "refresh",
-        [pending_key(queue)],
-        [ttl_s, _now(), limit, state_key("%s"), log_key("%s"), channel("%s")],
+        "requeued",
+        [state_key(task_id), log_key(task_id)],
+        [channel(task_id), ttl_s, task_id, position, "" if eta_s is None else round(eta_s, 1), _now()],
     )
-

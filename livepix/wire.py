@@ -211,6 +211,16 @@ def workers_key() -> str:
     return f"{KEY_PREFIX}:workers"
 
 
+def runtime_key() -> str:
+    """Hash: task type -> moving average of its run time in seconds (for `eta_s`)."""
+    return f"{KEY_PREFIX}:runtime"
+
+
+def capacity_key(queue: Queue | str) -> str:
+    """Sorted set: "<worker id>|<threads>" of each worker consuming `queue` -> last heartbeat."""
+    return f"{KEY_PREFIX}:queue:{queue}:workers"
+
+
 def order_key() -> str:
     """Counter giving each submitted task its place in its queue."""
     return f"{KEY_PREFIX}:order"

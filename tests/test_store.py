@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from livepix import store
-from livepix.wire import EventType, TaskError, log_key, pending_key, state_key
+from livepix.wire import EventType, TaskError, log_key, runtime_key, state_key
 from tests.conftest import RedisProcess
 
 TTL = 60
@@ -70,11 +70,21 @@ def test_cancel_of_a_running_task_is_seen_at_its_next_progress(client: redis.Red
     assert run(client, store.progress(task_id, 20, "b", TTL)) == [4, 1]
 
 
-def test_positions_move_up_when_tasks_ahead_leave(client: redis.Redis) -> None:
-    ids = [new_task(client, "gpu") for _ in range(3)]
-    assert [e["position"] for e in (events(client, i)[0] for i in ids)] == [1, 2, 3]
-    run(client, store.start(ids[0], "gpu", "w", 3, TTL))
-    assert run(client, store.refresh_positions("gpu", TTL)) == 2
-    assert run(client, store.refresh_positions("gpu", TTL)) == 0  # nothing moved: nothing sent
-    assert [events(client, i)[-1]["position"] for i in ids[1:]] == [1, 2]
-    assert client.zcard(pending_key("gpu")) == 2
+def test_queued_is_resent_only_when_position_or_eta_moves(client: redis.Redis) -> None:
+    task_id = new_task(client, "gpu")
+    assert events(client, task_id)[0]["position"] == 1
+    assert run(client, store.requeued(task_id, 1, None, TTL)) == 0  # nothing moved
+    assert run(client, store.requeued(task_id, 1, 30.0, TTL)) == 2  # an ETA is known now
+    assert run(client, store.requeued(task_id, 1, 30.5, TTL)) == 0  # under a second: quiet
+    assert run(client, store.requeued(task_id, 1, 20.0, TTL)) == 3
+    last = events(client, task_id)[-1]
+    assert last["type"] == "queued" and last["position"] == 1 and last["eta_s"] == 20.0
+    run(client, store.start(task_id, "gpu", "w", 3, TTL))
+    assert run(client, store.requeued(task_id, 1, 10.0, TTL)) == 0  # running: not queued
+
+
+def test_a_success_teaches_the_run_time_of_its_type(client: redis.Redis) -> None:
+    task_id = new_task(client)
+    run(client, store.start(task_id, "cpu", "w", 3, TTL))
+    run(client, store.finish(task_id, "cpu", EventType.SUCCEEDED, "done", TTL))
+    assert float(client.hget(runtime_key(), "background_removal")) >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
-from tests.clients import API, png_b64, sse_events, submit, two_tone, wait_status, ws_url
+from tests.clients import API, SSEStream, png_b64, slow_removal, sse_events, submit, two_tone, wait_status, ws_url
 from tests.conftest import Stack
 
 IMAGE = png_b64(two_tone())
@@ -179,8 +180,6 @@ def test_queued_tasks_report_their_position(new_stack: Stack) -> None:
     assert body["position"] == 2
     # The positions ticker re-sends `queued` with the new place.
     events = []
-    from tests.clients import SSEStream
-
     stream = SSEStream(base, ids[2])
     while (event := stream.next_event()) is not None:
         events.append(event)
@@ -188,3 +187,24 @@ def test_queued_tasks_report_their_position(new_stack: Stack) -> None:
             break
     stream.close()
     assert [e["position"] for e in events] == [3, 2]
+
+
+def test_waiting_tasks_get_an_eta_once_run_times_are_known(new_stack: Stack) -> None:
+    base = new_stack.add_api()
+    new_stack.add_worker("cpu", threads=1)
+    quick = {"task_type": "background_removal", "image": IMAGE}
+    for body in (quick, slow_removal(1024)):  # learn both run times
+        assert sse_events(base, submit(base, body))[-1]["type"] == "succeeded"
+    submit(base, slow_removal(2048))
+    waiting = [submit(base, quick) for _ in range(2)]
+    body = wait_status(base, waiting[1], {"PENDING"})
+    deadline = time.monotonic() + 10
+    while "eta_s" not in body:
+        assert time.monotonic() < deadline, body
+        body = wait_status(base, waiting[1], {"PENDING", "PROCESSING", "SUCCESS"})
+        if body["status"] != "PENDING":
+            raise AssertionError(f"the task started before an ETA was sent: {body}")
+    assert body["eta_s"] > 0 and body["position"] == 2
+    events = sse_events(base, waiting[1])
+    assert any(e["type"] == "queued" and "eta_s" in e for e in events)
+    assert events[-1]["type"] == "succeeded"

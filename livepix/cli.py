@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker alone, against REDIS_URL")
     worker.add_argument("--queues", default="gpu,cpu", help="gpu, cpu or gpu,cpu (default gpu,cpu)")
     worker.add_argument("--threads", type=int, default=None, help="tasks run at once")
+
+    models = sub.add_parser("models", help="list the configured models, or fetch them ahead of time")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="action")
+    listing = models_sub.add_parser("list", help="what is configured and present")
+    listing.add_argument("--check", action="store_true", help="also load each present model")
+    models_sub.add_parser("pull", help="fetch the configured models into LIVEPIX_DATA_DIR")
     return parser
 
 
@@ -96,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import serve
 
         return serve(settings)
+    if args.command == "models":
+        from actors.models import list_models, pull_models
+
+        if args.models_command == "pull":
+            return pull_models(settings)
+        return list_models(settings, args.check)
     if not settings.redis_url:
         print(f"livepix {args.command}: set REDIS_URL (or use `livepix serve`)", file=sys.stderr)
         return 2

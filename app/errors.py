@@ -85,6 +85,25 @@ class UnsupportedMediaTypeError(ApiError):
     message = "Send the request body as application/json"
 
 
+class UnauthorizedError(ApiError):
+    """Raised when a request needs an API key it does not carry (or carries a read-only token)."""
+
+    status_code = 401
+    code = ErrorCode.UNAUTHORIZED
+    message = "A valid API key is required"
+
+
+class TooManyTasksError(ApiError):
+    """Raised when an owner has its cap of waiting tasks."""
+
+    status_code = 429
+    code = ErrorCode.TOO_MANY_TASKS
+    message = "Too many waiting tasks"
+
+    def __init__(self, message: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class UnavailableError(ApiError):
     """Raised when Redis cannot be reached; the client should retry later."""
 

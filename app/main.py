@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from livepix.broker import make_broker
 from livepix.config import Settings, load_settings
 
 from . import routes
+from .auth import Authenticator, AuthMiddleware
 from .errors import EXCEPTION_HANDLERS
 from .hub import Hub
 from .metrics import metrics
@@ -42,18 +42,6 @@ def _both(path: str, endpoint: object, methods: list[str], name: str) -> list[Ba
         Route(path, endpoint, methods=methods, name=name),  # type: ignore[arg-type]
         Route(bare, endpoint, methods=methods, name=f"{name}_bare"),  # type: ignore[arg-type]
     ]
-
-
-class OwnerMiddleware:
-    """Sets `state.owner` on every request: the tenant a task belongs to ("" without keys)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope.setdefault("state", {})["owner"] = ""
-        await self.app(scope, receive, send)
 
 
 async def index(request: Request) -> Response:
@@ -92,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if not settings.redis_url:
         raise ValueError("the api needs REDIS_URL (`livepix serve` sets it for you)")
     redis_url = settings.redis_url
+    authenticator = Authenticator(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -102,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = TaskService(client, broker, settings)
         hub = Hub(redis_url, tasks.read_log)
         app.state.settings = settings
+        app.state.auth = authenticator
         app.state.tasks = tasks
         app.state.hub = hub
         await hub.start()
@@ -116,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=build_routes(),
-        middleware=[Middleware(OwnerMiddleware)],
+        middleware=[Middleware(AuthMiddleware, authenticator=authenticator)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

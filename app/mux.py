@@ -20,7 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from livepix.images import ImageLimits
 from livepix.wire import ErrorCode, WsClose, dumps
 
-from .errors import ApiError
+from .auth import Authenticator, Caller
+from .errors import ApiError, UnauthorizedError
 from .hub import Hub
 from .streams import SEND_TIMEOUT_S, inline_param, run_until_first_done, shape
 from .tasks import TaskService
@@ -41,7 +42,7 @@ class Session:
         self.ws = websocket
         self.tasks: TaskService = websocket.app.state.tasks
         self.hub: Hub = websocket.app.state.hub
-        self.owner: str = websocket.state.owner
+        self.caller: Caller = websocket.state.caller
         self.watch = Watch()
         self.inline = inline_param(websocket)
         self._followers: set[asyncio.Task[None]] = set()
@@ -126,7 +127,7 @@ class Session:
 
     async def subscribe(self, task_id: str, since: int) -> None:
         try:
-            await self.tasks.get(task_id, self.owner)
+            await self.tasks.get(task_id, self.caller)
         except ApiError as exc:
             self.error(exc.code.value, exc.message, task_id=task_id)
             return
@@ -148,7 +149,9 @@ class Session:
 
     async def cancel(self, task_id: str) -> None:
         try:
-            state = await self.tasks.get(task_id, self.owner)
+            if self.caller.read_only:
+                raise UnauthorizedError("A stream token is read-only: use an API key")
+            state = await self.tasks.get(task_id, self.caller)
             cancelled, status = await self.tasks.cancel(state)
         except ApiError as exc:
             self.error(exc.code.value, exc.message, task_id=task_id)
@@ -160,8 +163,10 @@ class Session:
         settings = self.tasks.settings
         limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
         try:
+            if self.caller.read_only:
+                raise UnauthorizedError("A stream token is read-only: use an API key")
             request = await anyio.to_thread.run_sync(validate_task, op.get("task"), limits)
-            task_id, position = await self.tasks.submit(request, self.owner)
+            task_id, position = await self.tasks.submit(request, self.caller.owner)
         except ValidationError as exc:
             self.say(op="error", request_id=request_id, code=ErrorCode.INVALID_INPUT.value,
                      error="Invalid input", details=exc.details)
@@ -169,7 +174,11 @@ class Session:
         except ApiError as exc:
             self.error(exc.code.value, exc.message, request_id=request_id)
             return
-        self.say(op="submitted", request_id=request_id, task_id=task_id, status="PENDING", position=position)
+        reply: dict[str, Any] = {"request_id": request_id, "task_id": task_id, "status": "PENDING", "position": position}
+        authenticator: Authenticator = self.ws.app.state.auth
+        if authenticator.enabled:
+            reply["stream_token"] = authenticator.stream_token(task_id, self.caller.owner)
+        self.say(op="submitted", **reply)
         await self.subscribe(task_id, 0)
 
     async def close(self) -> None:

@@ -13,11 +13,13 @@ from starlette.responses import JSONResponse, Response
 from livepix.images import ImageLimits
 from livepix.wire import ErrorCode, Status
 
+from .auth import Authenticator, Caller
 from .errors import (
     InvalidInputError,
     InvalidJSONError,
     NotReadyError,
     PayloadTooLargeError,
+    UnauthorizedError,
     UnavailableError,
     ApiError,
 )
@@ -80,22 +82,32 @@ async def submit(request: Request) -> Response:
         task = await anyio.to_thread.run_sync(validate_task, body, limits)
     except ValidationError as exc:
         raise InvalidInputError(details=exc.details) from None
-    task_id, position = await tasks.submit(task, request.state.owner)
-    return JSONResponse(
-        {
-            "task_id": task_id,
-            "status": Status.PENDING.value,
-            "message": f"{task.task_type.value} task submitted successfully",
-            "position": position,
-            "links": links(request, task_id),
-        },
-        status_code=202,
-    )
+    caller = writer(request)
+    task_id, position = await tasks.submit(task, caller.owner)
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "status": Status.PENDING.value,
+        "message": f"{task.task_type.value} task submitted successfully",
+        "position": position,
+        "links": links(request, task_id),
+    }
+    authenticator: Authenticator = request.app.state.auth
+    if authenticator.enabled:
+        body["stream_token"] = authenticator.stream_token(task_id, caller.owner)
+    return JSONResponse(body, status_code=202)
+
+
+def writer(request: Request) -> Caller:
+    """The caller, if it may change things: a stream token is read-only."""
+    caller: Caller = request.state.caller
+    if caller.read_only:
+        raise UnauthorizedError("A stream token is read-only: use an API key")
+    return caller
 
 
 async def status(request: Request) -> Response:
     tasks = _tasks(request)
-    state = await tasks.get(task_id_param(request), request.state.owner)
+    state = await tasks.get(task_id_param(request), request.state.caller)
     body: dict[str, Any] = {
         "task_id": state.task_id,
         "task_type": state.task_type,
@@ -114,7 +126,7 @@ async def status(request: Request) -> Response:
 
 
 async def _final_event(tasks: TaskService, request: Request) -> tuple[str, Status, dict[str, Any]]:
-    state = await tasks.get(task_id_param(request), request.state.owner)
+    state = await tasks.get(task_id_param(request), request.state.caller)
     if not state.terminal:
         raise NotReadyError(
             f"The task is {state.status.value}; watch its events or try again later"
@@ -154,7 +166,7 @@ async def result_png(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     tasks = _tasks(request)
-    state = await tasks.get(task_id_param(request), request.state.owner)
+    state = await tasks.get(task_id_param(request), writer(request))
     cancelled, now = await tasks.cancel(state)
     return JSONResponse({"task_id": state.task_id, "status": now.value, "cancelled": cancelled})
 

@@ -67,7 +67,7 @@ async def events_sse(request: Request) -> Response:
     since = since_param(request)
     inline = inline_param(request)
     try:
-        state = await tasks.get(task_id, request.state.owner)
+        state = await tasks.get(task_id, request.state.caller)
     except ApiError as exc:
         if exc.status_code < 500:
             raise
@@ -119,7 +119,7 @@ async def task_ws(websocket: WebSocket) -> None:
     try:
         task_id = task_id_param(websocket)
         since = since_param(websocket)
-        state = await tasks.get(task_id, websocket.state.owner)
+        state = await tasks.get(task_id, websocket.state.caller)
     except ApiError as exc:
         await deny(websocket, exc)
         return

@@ -43,7 +43,8 @@ from livepix.wire import (
     workers_key,
 )
 
-from .errors import NotFoundError, UnavailableError
+from .auth import ANONYMOUS, Caller
+from .errors import NotFoundError, TooManyTasksError, UnavailableError
 from .eta import capacity, estimate
 from .validation import TaskRequest
 
@@ -115,15 +116,30 @@ class TaskService:
         return await self._scripts[call.script](keys=call.keys, args=call.args)
 
     async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
-        """Store and enqueue a validated task; returns its id and queue position."""
+        """Store and enqueue a validated task; returns its id and queue position.
+
+        Raises `TooManyTasksError` when the owner already has its cap of waiting tasks.
+        """
         task_id = str(uuid.uuid4())
         queue = QUEUE_OF[request.task_type].value
         ttl = self.settings.result_ttl_s
         async with redis_errors():
             call = store.submit(
-                task_id, request.task_type.value, queue, owner, dumps(request.to_wire()), ttl
+                task_id,
+                request.task_type.value,
+                queue,
+                owner,
+                dumps(request.to_wire()),
+                ttl,
+                self.settings.max_queued_per_owner,
             )
             position = int(await self._run(call))
+        if position == -2:
+            raise TooManyTasksError(
+                f"You already have {self.settings.max_queued_per_owner} tasks waiting; "
+                "retry when some have started",
+                retry_after_s=5,
+            )
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue,
             actor_name=actor_name(request.task_type),
@@ -151,10 +167,10 @@ class TaskService:
             return None
         return TaskState.from_hash(task_id, raw)
 
-    async def get(self, task_id: str, owner: str = "") -> TaskState:
-        """The task's state, or `NotFoundError` (unknown, expired, or someone else's)."""
+    async def get(self, task_id: str, caller: Caller = ANONYMOUS) -> TaskState:
+        """The task's state, or `NotFoundError` (unknown, expired, or not the caller's)."""
         state = await self.state(task_id)
-        if state is None or state.owner != owner:
+        if state is None or state.owner != caller.owner or not caller.may_read(task_id):
             raise NotFoundError()
         return state
 

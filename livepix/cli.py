@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -56,6 +57,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+class RedactTokens(logging.Filter):
+    """Keep `?token=` values (API keys or stream tokens) out of uvicorn's logs."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
 def run_api(settings: Settings) -> int:
     import uvicorn
 
@@ -71,7 +85,10 @@ def run_api(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(RedactTokens())
+    server.run()
     return 0
 
 

@@ -37,6 +37,8 @@ class Settings:
     max_image_pixels: int = 16_000_000
     max_image_side: int = 4096
     api_keys: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_queued_per_owner: int = 1000
     device: str = "auto"
     txt2img_model: str = ""
     rembg_model: str = "u2net"
@@ -69,6 +71,8 @@ ENV: dict[str, tuple[str, str]] = {
     "max_image_pixels": ("LIVEPIX_MAX_IMAGE_PIXELS", "largest accepted image, pixels (16000000)"),
     "max_image_side": ("LIVEPIX_MAX_IMAGE_SIDE", "largest accepted image side, pixels (4096)"),
     "api_keys": ("LIVEPIX_API_KEYS", "comma-separated API keys; unset = no auth"),
+    "allowed_origins": ("LIVEPIX_ALLOWED_ORIGINS", "extra Origins allowed to open WebSockets (* = any)"),
+    "max_queued_per_owner": ("LIVEPIX_MAX_QUEUED_PER_OWNER", "waiting tasks one owner may have (1000)"),
     "device": ("LIVEPIX_DEVICE", "auto, cpu, cuda, cuda:N (auto)"),
     "txt2img_model": ("LIVEPIX_TXT2IMG_MODEL", "diffusers model id or local dir"),
     "rembg_model": ("LIVEPIX_REMBG_MODEL", "rembg model name or path to an .onnx file (u2net)"),
@@ -103,7 +107,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
                 kwargs[f.name] = int(raw)
             elif f.type == "float":
                 kwargs[f.name] = float(raw)
-            elif f.name == "api_keys":
+            elif f.type == "tuple[str, ...]":
                 kwargs[f.name] = tuple(k.strip() for k in raw.split(",") if k.strip())
             else:
                 kwargs[f.name] = raw

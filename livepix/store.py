@@ -29,6 +29,7 @@ from .wire import (
     runtime_key,
     state_key,
     order_key,
+    owner_queue_key,
 )
 
 _PRELUDE = """
@@ -41,6 +42,10 @@ local function append(state, log, chan, ttl, body, status, progress, message)
   redis.call('EXPIRE', log, ttl)
   redis.call('PUBLISH', chan, ev)
   return seq
+end
+local function left_queue(state, id, owner_fmt)
+  local owner = redis.call('HGET', state, 'owner') or ''
+  redis.call('ZREM', string.format(owner_fmt, owner), id)
 end
 local function is_terminal(s)
   return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED'
@@ -59,10 +64,14 @@ local function queued(state, log, chan, ttl, id, pos, eta, now)
 end
 """
 
-# KEYS: state, log, input, pending, order
-# ARGV: channel, ttl, task_id, input_json, task_type, queue, owner, now
+# KEYS: state, log, input, pending, order, owner_waiting
+# ARGV: channel, ttl, task_id, input_json, task_type, queue, owner, now, owner_cap
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[8]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then return -2 end
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[3])
+redis.call('EXPIRE', KEYS[6], ARGV[2])
 local order = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[4], order, ARGV[3])
 local pos = redis.call('ZRANK', KEYS[4], ARGV[3]) + 1
@@ -74,11 +83,12 @@ return pos
 """
 
 # KEYS: state, log, pending, running
-# ARGV: channel, ttl, task_id, worker, now, max_attempts, started_body, lost_body
+# ARGV: channel, ttl, task_id, worker, now, max_attempts, started_body, lost_body, owner_fmt
 _START = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if is_terminal(st) then return 0 end
+if st == 'PENDING' then left_queue(KEYS[1], ARGV[3], ARGV[9]) end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZREM', KEYS[3], ARGV[3])
 if attempts > tonumber(ARGV[6]) then
@@ -107,11 +117,12 @@ return {seq, 0}
 """
 
 # KEYS: state, log, input, pending, running, runtime
-# ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code
+# ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code, owner_fmt
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if is_terminal(st) then return 0 end
+if st == 'PENDING' then left_queue(KEYS[1], ARGV[3], ARGV[10]) end
 redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('DEL', KEYS[3])
@@ -132,13 +143,14 @@ return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARG
 """
 
 # KEYS: state, log, input, pending
-# ARGV: channel, ttl, task_id, cancelled_body, now
+# ARGV: channel, ttl, task_id, cancelled_body, now, owner_fmt
 # Returns {code, status}: -1 unknown, 0 already finished, 1 revoked now, 2 requested.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {-1, ''} end
 if is_terminal(st) then return {0, st} end
 if st == 'PENDING' then
+  left_queue(KEYS[1], ARGV[3], ARGV[6])
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'result_available', 0)
@@ -187,21 +199,38 @@ class ScriptCall:
     args: list[str | int | float]
 
 
+_OWNER_FMT = owner_queue_key("%s")
+
+
 def _now() -> float:
     return round(time.time(), 3)
 
 
 def submit(
-    task_id: str, task_type: str, queue: str, owner: str, input_json: str, ttl_s: int
+    task_id: str,
+    task_type: str,
+    queue: str,
+    owner: str,
+    input_json: str,
+    ttl_s: int,
+    owner_cap: int,
 ) -> ScriptCall:
     """Create the task, queue it in submit order and log its first `queued` event.
 
-    The script returns the queue position, or -1 if the id is taken.
+    The script returns the queue position, -1 if the id is taken, or -2 if the owner
+    already has `owner_cap` waiting tasks.
     """
     return ScriptCall(
         "submit",
-        [state_key(task_id), log_key(task_id), input_key(task_id), pending_key(queue), order_key()],
-        [channel(task_id), ttl_s, task_id, input_json, task_type, queue, owner, _now()],
+        [
+            state_key(task_id),
+            log_key(task_id),
+            input_key(task_id),
+            pending_key(queue),
+            order_key(),
+            owner_queue_key(owner),
+        ],
+        [channel(task_id), ttl_s, task_id, input_json, task_type, queue, owner, _now(), owner_cap],
     )
 
 
@@ -227,7 +256,7 @@ def start(
     return ScriptCall(
         "start",
         [state_key(task_id), log_key(task_id), pending_key(queue), running_key()],
-        [channel(task_id), ttl_s, task_id, worker, _now(), max_attempts, started, lost],
+        [channel(task_id), ttl_s, task_id, worker, _now(), max_attempts, started, lost, _OWNER_FMT],
     )
 
 
@@ -285,6 +314,7 @@ def finish(
             message,
             _now(),
             error["code"] if error else "",
+            _OWNER_FMT,
         ],
     )
 
@@ -298,7 +328,7 @@ def cancel(task_id: str, queue: str, ttl_s: int) -> ScriptCall:
     return ScriptCall(
         "cancel",
         [state_key(task_id), log_key(task_id), input_key(task_id), pending_key(queue)],
-        [channel(task_id), ttl_s, task_id, body, _now()],
+        [channel(task_id), ttl_s, task_id, body, _now(), _OWNER_FMT],
     )
 
 

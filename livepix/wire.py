@@ -221,6 +221,11 @@ def capacity_key(queue: Queue | str) -> str:
     return f"{KEY_PREFIX}:queue:{queue}:workers"
 
 
+def owner_queue_key(owner: str) -> str:
+    """Sorted set: the owner's waiting task ids -> submit time (the per-owner cap)."""
+    return f"{KEY_PREFIX}:owner:{owner}:waiting"
+
+
 def order_key() -> str:
     """Counter giving each submitted task its place in its queue."""
     return f"{KEY_PREFIX}:order"

@@ -124,7 +124,8 @@ class Stack:
         proc = Process(name, ["api", "--port", str(port)], self.env, self.log_dir)
         self.processes.append(proc)
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
+        key = self.env.get("LIVEPIX_API_KEYS", "").split(",")[0]
+        wait_ready(url, proc, {"Authorization": f"Bearer {key}"} if key else {})
         self.api_urls.append(url)
         return url
 
@@ -148,13 +149,13 @@ class Stack:
         return "\n".join(p.tail() for p in self.processes)
 
 
-def wait_ready(url: str, proc: Process, timeout_s: float = 30) -> None:
+def wait_ready(url: str, proc: Process, headers: dict[str, str], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
             raise RuntimeError(f"{proc.name} exited early\n{proc.tail()}")
         try:
-            if httpx.get(url + "/api/v1/readyz", timeout=1).status_code == 200:
+            if httpx.get(url + "/api/v1/readyz", headers=headers, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -28,9 +28,9 @@ def run(client: redis.Redis, call: store.ScriptCall) -> object:
     return client.register_script(store.SCRIPTS[call.script])(keys=call.keys, args=call.args)
 
 
-def new_task(client: redis.Redis, queue: str = "cpu") -> str:
+def new_task(client: redis.Redis, queue: str = "cpu", owner: str = "", cap: int = 100) -> str:
     task_id = str(uuid.uuid4())
-    assert run(client, store.submit(task_id, "background_removal", queue, "", "{}", TTL)) >= 1
+    assert run(client, store.submit(task_id, "background_removal", queue, owner, "{}", TTL, cap)) >= 1
     return task_id
 
 
@@ -88,3 +88,14 @@ def test_a_success_teaches_the_run_time_of_its_type(client: redis.Redis) -> None
     run(client, store.start(task_id, "cpu", "w", 3, TTL))
     run(client, store.finish(task_id, "cpu", EventType.SUCCEEDED, "done", TTL))
     assert float(client.hget(runtime_key(), "background_removal")) >= 0
+
+
+def test_an_owner_may_have_only_its_cap_of_waiting_tasks(client: redis.Redis) -> None:
+    first = [new_task(client, owner="alice", cap=2) for _ in range(2)]
+    refused = store.submit(str(uuid.uuid4()), "background_removal", "cpu", "alice", "{}", TTL, 2)
+    assert run(client, refused) == -2
+    assert new_task(client, owner="bob", cap=2)  # other owners are not affected
+    run(client, store.start(first[0], "cpu", "w", 3, TTL))  # one leaves the queue
+    assert new_task(client, owner="alice", cap=2)
+    run(client, store.cancel(first[1], "cpu", TTL))
+    assert new_task(client, owner="alice", cap=2)

@@ -95,7 +95,7 @@ def catalogue(settings: Settings) -> list[ModelEntry]:
             "object_removal (lama)",
             "LIVEPIX_LAMA_MODEL",
             lama or "(not set: OpenCV telea/ns only)",
-            "Apache-2.0 (big-lama)",
+            "the LaMa weights' own (LaMa code: Apache-2.0); no default",
             lambda: bool(lama) and (lama.startswith(("http://", "https://")) or Path(lama).is_file()),
             lama_load,
             lama.startswith(("http://", "https://")),

@@ -1,0 +1,199 @@
+"""LaMa object removal end to end: real api and worker processes, a tiny TorchScript LaMa."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actors.engines.inpaint import dilate
+from tests.clients import assert_contiguous, decode_png, png_b64, sse_events, submit
+from tests.conftest import RedisProcess, Stack, _db_numbers
+from tests.models_lama import build_tiny_lama
+
+WIDTH, HEIGHT = 101, 77  # not multiples of 8: the engine must pad
+HOLE = (30, 20, 70, 50)  # x0, y0, x1, y1 of the "object"
+
+
+@pytest.fixture(scope="module")
+def tiny_lama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lama(tmp_path_factory.mktemp("lama") / "tiny-lama.pt")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisProcess,
+    data_dir: Path,
+    tiny_lama: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """This module's stack (api + one-thread cpu worker) with LIVEPIX_LAMA_MODEL set.
+
+    Named like conftest's shared stack so that a failing test prints its logs.
+    """
+    s = Stack(
+        redis_server.url(next(_db_numbers)), data_dir, tmp_path_factory.mktemp("lama-logs"),
+        LIVEPIX_LAMA_MODEL=str(tiny_lama), LIVEPIX_DEVICE="cpu",
+    )
+    try:
+        s.add_api()
+        s.add_worker("cpu")
+        yield s
+    finally:
+        s.stop()
+
+
+def scene() -> Image.Image:
+    """A smooth background with a red object in HOLE."""
+    xs, ys = np.meshgrid(np.linspace(0, 255, WIDTH), np.linspace(0, 255, HEIGHT))
+    rgb = np.stack([xs, ys, np.full_like(xs, 128)], axis=-1).astype(np.uint8)
+    x0, y0, x1, y1 = HOLE
+    rgb[y0:y1, x0:x1] = (230, 20, 20)
+    return Image.fromarray(rgb)
+
+
+def mask_image() -> Image.Image:
+    mask = Image.new("L", (WIDTH, HEIGHT), 0)
+    mask.paste(255, HOLE)
+    return mask
+
+
+def removal(method: str, dilate_px: int = 3, use_boxes: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_type": "object_removal",
+        "image": png_b64(scene()),
+        "parameters": {"method": method, "dilate_px": dilate_px},
+    }
+    if use_boxes:
+        body["parameters"]["boxes"] = [list(HOLE)]
+    else:
+        body["mask"] = png_b64(mask_image())
+    return body
+
+
+def run(base: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    events = sse_events(base, submit(base, body))
+    assert_contiguous(events)
+    assert events[0]["type"] == "queued" and events[1]["type"] == "started"
+    progress = [e["progress"] for e in events if e["type"] == "progress"]
+    assert progress == sorted(progress)
+    return events
+
+
+def check_removed(final: dict[str, Any], dilate_px: int) -> dict[str, Any]:
+    """The result keeps every pixel outside the dilated mask and repaints the object."""
+    assert final["type"] == "succeeded", final
+    out = np.asarray(decode_png(final["result"]["image_data"]).convert("RGB"))
+    assert out.shape == (HEIGHT, WIDTH, 3)
+    before = np.asarray(scene())
+    hole = dilate(np.asarray(mask_image()), dilate_px) > 0
+    assert np.array_equal(out[~hole], before[~hole])
+    changed = np.any(out[hole] != before[hole], axis=-1)
+    assert changed.mean() > 0.9
+    x0, y0, x1, y1 = HOLE
+    assert out[y0:y1, x0:x1, 0].mean() < 200  # the red object is gone
+    metadata: dict[str, Any] = final["result"]["metadata"]
+    return metadata
+
+
+def test_lama_removes_the_object_on_an_odd_sized_image(stack: Stack) -> None:
+    events = run(stack.url, removal("lama"))
+    metadata = check_removed(events[-1], 3)
+    assert metadata["method"] == "lama" and metadata["device"] == "cpu"
+    assert metadata["model"] == "tiny-lama.pt" and metadata["model_loads"] == 1
+    assert (metadata["width"], metadata["height"]) == (WIDTH, HEIGHT)
+    assert 0 < metadata["masked_fraction"] < 1
+    messages = " ".join(e.get("message", "") for e in events)
+    assert "(lama)" in messages
+
+
+def test_auto_uses_lama_and_the_model_is_loaded_once_per_worker(stack: Stack) -> None:
+    for _ in range(2):
+        final = run(stack.url, removal("auto", dilate_px=0, use_boxes=True))[-1]
+        metadata = check_removed(final, 0)
+        assert metadata["method"] == "lama" and metadata["model_loads"] == 1
+
+
+@pytest.mark.parametrize("method", ["telea", "ns"])
+def test_opencv_methods_stay_selectable_with_a_model_configured(stack: Stack, method: str) -> None:
+    metadata = check_removed(run(stack.url, removal(method))[-1], 3)
+    assert metadata["method"] == method and "model_loads" not in metadata
+
+
+def test_without_a_model_lama_fails_fast_and_auto_uses_telea(new_stack: Stack) -> None:
+    new_stack.add_api()
+    new_stack.add_worker("cpu")
+    began = time.monotonic()
+    final = run(new_stack.url, removal("lama"))[-1]
+    assert time.monotonic() - began < 10
+    assert final["type"] == "failed" and final["error"]["code"] == "model_unavailable"
+    assert "LIVEPIX_LAMA_MODEL" in final["error"]["message"]
+    assert "telea" in final["error"]["message"]
+
+    metadata = check_removed(run(new_stack.url, removal("auto"))[-1], 3)
+    assert metadata["method"] == "telea"
+
+
+def test_an_unreachable_model_url_fails_fast_with_model_unavailable(new_stack: Stack) -> None:
+    new_stack.env.update({"LIVEPIX_LAMA_MODEL": "http://127.0.0.1:9/big-lama.pt"})
+    new_stack.add_api()
+    new_stack.add_worker("cpu")
+    began = time.monotonic()
+    final = run(new_stack.url, removal("lama"))[-1]
+    elapsed = time.monotonic() - began
+    assert final["type"] == "failed" and final["error"]["code"] == "model_unavailable", final
+    assert "LIVEPIX_LAMA_MODEL" in final["error"]["message"]
+    assert elapsed < 10, elapsed  # torch import included; the fetch itself fails at once
+
+
+def test_a_model_url_is_fetched_once_into_the_data_dir(
+    new_stack: Stack, tiny_lama: Path, tmp_path: Path
+) -> None:
+    """A loopback HTTP server stands in for the model host; no real network is used."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tiny_lama.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        data = tmp_path / "data"
+        new_stack.env.update({
+            "LIVEPIX_LAMA_MODEL": f"http://127.0.0.1:{server.server_port}/{tiny_lama.name}",
+            "LIVEPIX_DATA_DIR": str(data),
+        })
+        new_stack.add_api()
+        new_stack.add_worker("cpu")
+        events = run(new_stack.url, removal("lama"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    metadata = check_removed(events[-1], 3)
+    assert metadata["method"] == "lama" and metadata["model_loads"] == 1
+    assert any("Fetching the LaMa model" in e.get("message", "") for e in events)
+    fetched = data / "models" / "lama" / tiny_lama.name
+    assert fetched.read_bytes() == tiny_lama.read_bytes()
+    assert not list(fetched.parent.glob("*.part"))
+
+    # The server is gone: the fetched copy is used.
+    again = check_removed(run(new_stack.url, removal("lama"))[-1], 3)
+    assert again["model_loads"] == 1
+
+
+def test_two_first_tasks_at_once_on_a_two_thread_worker_load_the_model_once(
+    new_stack: Stack, tiny_lama: Path
+) -> None:
+    new_stack.env.update({"LIVEPIX_LAMA_MODEL": str(tiny_lama)})
+    new_stack.add_api()
+    new_stack.add_worker("cpu", threads=2)
+    task_ids = [submit(new_stack.url, removal("lama")) for _ in range(2)]
+    for task_id in task_ids:
+        events = sse_events(new_stack.url, task_id)
+        assert_contiguous(events)
+        assert check_removed(events[-1], 3)["model_loads"] == 1

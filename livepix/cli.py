@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
 from .config import ConfigError, Settings, env_help, load_settings
-from .wire import Queue
+from .wire import Queue, TaskType
 
 WS_MAX_SIZE_BYTES = 64 * 1024
 GRACEFUL_SHUTDOWN_S = 5
@@ -20,7 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livepix",
         description="Real-time AI image tasks: live progress over WebSocket and SSE.",
-        epilog="environment variables (also read from a .env file):\n" + env_help(),
+        epilog=(
+            "environment variables of the service (also read from a .env file):\n"
+            + env_help()
+            + "\n\nof the client commands (submit, watch, status, result, cancel):\n"
+            "  LIVEPIX_URL                  the service (http://127.0.0.1:8000)\n"
+            "  LIVEPIX_API_KEY              an API key, when the service has LIVEPIX_API_KEYS\n\n"
+            "exit codes of watch / submit --watch: 0 succeeded, 1 failed, 2 usage, 3 cancelled,\n"
+            "4 not found, 5 unreachable, 130 interrupted (the task goes on)"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -40,7 +50,45 @@ def _parser() -> argparse.ArgumentParser:
     listing = models_sub.add_parser("list", help="what is configured and present")
     listing.add_argument("--check", action="store_true", help="also load each present model")
     models_sub.add_parser("pull", help="fetch the configured models into LIVEPIX_DATA_DIR")
+
+    submit = sub.add_parser("submit", help="submit a task to a running service")
+    submit.add_argument("task_type", choices=[t.value for t in TaskType])
+    submit.add_argument("--prompt")
+    submit.add_argument("--image", metavar="FILE", help="the input image (the face, for face_swap)")
+    submit.add_argument("--target", metavar="FILE", help="face_swap: the picture whose faces are replaced")
+    submit.add_argument("--mask", metavar="FILE", help="object_removal: white where the object is")
+    submit.add_argument("--param", action="append", default=[], metavar="K=V", help="a parameter (repeatable)")
+    submit.add_argument("--watch", action="store_true", help="then watch it to the end")
+    _watch_args(submit)
+
+    watch = sub.add_parser("watch", help="watch a task's live progress; save its result")
+    watch.add_argument("task_id")
+    watch.add_argument("--since", type=int, default=0, help="resume after this seq")
+    watch.add_argument("--cancel-on-exit", action="store_true", help="Ctrl-C cancels the task")
+    _watch_args(watch)
+
+    for name, text in (("status", "a task's status"), ("cancel", "cancel a task")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("task_id")
+        _client_args(command)
+    result = sub.add_parser("result", help="save a finished task's image")
+    result.add_argument("task_id")
+    result.add_argument("-o", "--output", metavar="FILE", help="where to save it (<id>.png)")
+    _client_args(result)
     return parser
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("LIVEPIX_URL", "http://127.0.0.1:8000"),
+                        help="the service (LIVEPIX_URL, http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("LIVEPIX_API_KEY"), help="(LIVEPIX_API_KEY)")
+
+
+def _watch_args(parser: argparse.ArgumentParser) -> None:
+    _client_args(parser)
+    parser.add_argument("--transport", choices=("sse", "ws"), default="sse")
+    parser.add_argument("--json", action="store_true", help="print the raw events as NDJSON")
+    parser.add_argument("-o", "--output", metavar="FILE", help="where to save the result (<id>.png)")
 
 
 def _bind_args(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +152,61 @@ def run_worker(settings: Settings, queues: str, threads: int | None) -> int:
     return 0
 
 
+CLIENT_COMMANDS = ("submit", "watch", "status", "result", "cancel")
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from . import client as c
+
+    api = c.Client(args.url, args.api_key)
+    try:
+        if args.command == "submit":
+            task: dict[str, object] = {"task_type": args.task_type}
+            if args.prompt is not None:
+                task["prompt"] = args.prompt
+            for field_name, path in (("image", args.image), ("target_image", args.target), ("mask", args.mask)):
+                if path:
+                    task[field_name] = c.image_b64(path)
+            parameters = {}
+            for pair in args.param:
+                key, sep, value = pair.partition("=")
+                if not sep:
+                    raise c.ClientError(f"--param takes K=V, not {pair!r}", c.EXIT_USAGE)
+                parameters[key] = c.parse_value(value)
+            if parameters:
+                task["parameters"] = parameters
+            answer = api.submit(task)
+            print(answer["task_id"], file=sys.stderr if args.json else sys.stdout, flush=True)
+            if not args.watch:
+                return c.EXIT_OK
+            return c.watch(api, answer["task_id"], transport=args.transport, as_json=args.json, output=args.output)
+        if args.command == "watch":
+            return c.watch(
+                api, args.task_id, transport=args.transport, as_json=args.json, output=args.output,
+                cancel_on_exit=args.cancel_on_exit, since=args.since,
+            )
+        if args.command == "status":
+            print(json.dumps(api.status(args.task_id), indent=2))
+            return c.EXIT_OK
+        if args.command == "cancel":
+            print(json.dumps(api.cancel(args.task_id)))
+            return c.EXIT_OK
+        body = api.result(args.task_id)
+        if body["status"] != "SUCCESS":
+            error = body.get("error", {})
+            print(f"{body['status']}: {error.get('message')} ({error.get('code')})", file=sys.stderr)
+            return c.TERMINAL.get({"FAILURE": "failed", "REVOKED": "cancelled"}.get(body["status"], "failed"), 1)
+        print(c.save_result(body, args.output or f"{args.task_id}.png"))
+        return c.EXIT_OK
+    except c.ClientError as exc:
+        print(f"livepix {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
     try:
         settings = _settings(args)
     except ConfigError as exc:

@@ -118,16 +118,26 @@ class Stack:
         self.processes: list[Process] = []
         self.api_urls: list[str] = []
 
-    def add_api(self) -> str:
-        port = free_port()
-        name = f"api-{len(self.api_urls)}"
+    def add_api(self, port: int | None = None) -> str:
+        port = port or free_port()
+        name = f"api-{len(self.processes)}"
         proc = Process(name, ["api", "--port", str(port)], self.env, self.log_dir)
         self.processes.append(proc)
         url = f"http://127.0.0.1:{port}"
         key = self.env.get("LIVEPIX_API_KEYS", "").split(",")[0]
         wait_ready(url, proc, {"Authorization": f"Bearer {key}"} if key else {})
-        self.api_urls.append(url)
+        if url not in self.api_urls:
+            self.api_urls.append(url)
         return url
+
+    def restart_api(self, url: str, down_s: float = 1.0) -> None:
+        """Stop the api serving `url` (SIGTERM), wait, and start a new one on its port."""
+        port = int(url.rsplit(":", 1)[1])
+        for proc in self.processes:
+            if proc.name.startswith("api") and f"--port {port}" in " ".join(proc.proc.args):
+                proc.stop()
+        time.sleep(down_s)
+        self.add_api(port)
 
     def add_worker(self, queues: str, threads: int = 1) -> Process:
         name = f"worker-{queues.replace(',', '-')}-{len(self.processes)}"

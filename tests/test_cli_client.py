@@ -39,7 +39,8 @@ def test_submit_watch_saves_the_result(stack: Stack, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert f"saved {out}" in run.stdout
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("queued: position") and any(line.startswith("[") for line in lines)
+    uuid.UUID(lines[0])  # the task id comes first, for scripts
+    assert lines[1].startswith("queued: position") and any(line.startswith("[") for line in lines)
     assert any(line.startswith("succeeded:") for line in lines)
     with Image.open(out) as image:
         assert image.mode == "RGBA" and image.size == (96, 64)

@@ -28,6 +28,7 @@ from .mux import mux_ws
 from .openapi import openapi
 from .streams import events_sse, task_ws
 from .tasks import TaskService
+from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.tasks = tasks
         app.state.hub = hub
         await hub.start()
-        positions = asyncio.create_task(tasks.keep_positions(), name="livepix-positions")
+        upkeep = Upkeep(tasks)
+        app.state.upkeep = upkeep
+        upkeep_task = asyncio.create_task(upkeep.run(), name="livepix-upkeep")
         try:
             yield
         finally:
-            positions.cancel()
+            upkeep_task.cancel()
             await hub.stop()
             await client.aclose()
             broker.close()

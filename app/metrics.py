@@ -24,6 +24,7 @@ async def metrics(request: Request) -> Response:
         _line("livepix_hub_deliveries_total", hub.deliveries, "events offered to watches", "counter"),
         _line("livepix_watched_tasks", hub.watched_tasks, "tasks with at least one local watcher"),
         _line("livepix_watches", hub.watch_count, "local task subscriptions"),
+        _line("livepix_tasks_lost_total", request.app.state.upkeep.lost, "tasks failed worker_lost by this api's watchdog", "counter"),
     ]
     submitted = "".join(
         f'livepix_tasks_submitted_total{{task_type="{t}"}} {n}\n' for t, n in sorted(tasks.submitted.items())

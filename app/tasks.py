@@ -37,21 +37,16 @@ from livepix.wire import (
     log_key,
     pending_key,
     running_key,
-    runtime_key,
-    capacity_key,
     state_key,
     workers_key,
 )
 
 from .auth import ANONYMOUS, Caller
 from .errors import NotFoundError, TooManyTasksError, UnavailableError
-from .eta import capacity, estimate
 from .validation import TaskRequest
 
 log = logging.getLogger(__name__)
 
-POSITIONS_INTERVAL_S = 1.0
-MAX_TRACKED = 1000  # waiting tasks per queue that get position and ETA updates
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +107,9 @@ class TaskService:
         self._scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
         self.submitted: dict[str, int] = {}
 
-    async def _run(self, call: store.ScriptCall) -> Any:
-        return await self._scripts[call.script](keys=call.keys, args=call.args)
+    async def run_script(self, call: store.ScriptCall, client: Any = None) -> Any:
+        """Run a store script, on `client` (a pipeline) if given."""
+        return await self._scripts[call.script](keys=call.keys, args=call.args, client=client)
 
     async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
         """Store and enqueue a validated task; returns its id and queue position.
@@ -133,7 +129,7 @@ class TaskService:
                 ttl,
                 self.settings.max_queued_per_owner,
             )
-            position = int(await self._run(call))
+            position = int(await self.run_script(call))
         if position == -2:
             raise TooManyTasksError(
                 f"You already have {self.settings.max_queued_per_owner} tasks waiting; "
@@ -153,7 +149,7 @@ class TaskService:
         except (RedisError, OSError) as exc:
             error = TaskError(code=ErrorCode.ENQUEUE_FAILED.value, message="the task could not be queued")
             try:
-                await self._run(store.finish(task_id, queue, EventType.FAILED, error["message"], ttl, error=error))
+                await self.run_script(store.finish(task_id, queue, EventType.FAILED, error["message"], ttl, error=error))
             except RedisError:
                 log.warning("could not mark %s failed after its enqueue failed", task_id)
             raise UnavailableError() from exc
@@ -194,7 +190,7 @@ class TaskService:
     async def cancel(self, state: TaskState) -> tuple[bool, Status]:
         """Cancel a task: (whether it was or will be cancelled, its status now)."""
         async with redis_errors():
-            code, status = await self._run(
+            code, status = await self.run_script(
                 store.cancel(state.task_id, state.queue, self.settings.result_ttl_s)
             )
         code = int(code)
@@ -236,45 +232,3 @@ class TaskService:
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False
-
-    async def keep_positions(self) -> None:
-        """Re-send `queued` when a waiting task's position or ETA moves, at most once a second."""
-        while True:
-            await asyncio.sleep(POSITIONS_INTERVAL_S)
-            for queue in Queue:
-                try:
-                    await self._requeue(queue)
-                except (RedisError, OSError) as exc:
-                    log.debug("position refresh of %s skipped: %s", queue.value, exc)
-
-    async def _requeue(self, queue: Queue) -> None:
-        ids = [i.decode() for i in await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1)]
-        if not ids:
-            return
-        now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.hmget(state_key(task_id), "status", "task_type")
-        pipe.hgetall(runtime_key())
-        pipe.zrangebyscore(capacity_key(queue), now - WORKER_SEEN_S, "+inf")
-        pipe.zrange(running_key(), 0, -1, withscores=True)
-        *states, runtimes_raw, workers, running_raw = await pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        for task_id, _started in running_raw:
-            pipe.hmget(state_key(task_id.decode()), "queue", "task_type")
-        running = [
-            (info[1].decode(), now - started)
-            for (_, started), info in zip(running_raw, await pipe.execute(), strict=True)
-            if info[0] is not None and info[0].decode() == queue.value and info[1] is not None
-        ]
-        waiting = [(i, s[1].decode()) for i, s in zip(ids, states, strict=True) if s[0] == b"PENDING" and s[1]]
-        runtimes = {k.decode(): float(v) for k, v in runtimes_raw.items()}
-        etas = estimate([t for _, t in waiting], running, runtimes, capacity(workers))
-        pipe = self.client.pipeline(transaction=False)
-        for position, ((task_id, _), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
-            call = store.requeued(task_id, position, eta, self.settings.result_ttl_s)
-            await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
-        await pipe.execute()
-        gone = [i for i, s in zip(ids, states, strict=True) if s[0] != b"PENDING"]
-        if gone:
-            await self.client.zrem(pending_key(queue), *gone)

@@ -48,6 +48,7 @@ class Settings:
     gpu_threads: int = 1
     cpu_threads: int = 2
     max_attempts: int = 3
+    worker_lost_after_s: int = 60
     task_time_limit_s: int = 1800
     worker_poll_ms: int = 50
     log_level: str = "info"
@@ -82,6 +83,7 @@ ENV: dict[str, tuple[str, str]] = {
     "gpu_threads": ("LIVEPIX_GPU_THREADS", "tasks one gpu worker process runs at once (1)"),
     "cpu_threads": ("LIVEPIX_CPU_THREADS", "tasks one cpu worker process runs at once (2)"),
     "max_attempts": ("LIVEPIX_MAX_ATTEMPTS", "runs of a task whose worker died before it fails (3)"),
+    "worker_lost_after_s": ("LIVEPIX_WORKER_LOST_AFTER_S", "a running task whose worker vanished and was not re-run by then fails `worker_lost` (60)"),
     "task_time_limit_s": ("LIVEPIX_TASK_TIME_LIMIT_S", "a task running longer fails with `timeout` (1800)"),
     "worker_poll_ms": ("LIVEPIX_WORKER_POLL_MS", "idle worker poll interval, ms (50)"),
     "log_level": ("LIVEPIX_LOG_LEVEL", "debug, info, warning, error (info)"),

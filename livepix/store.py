@@ -99,7 +99,7 @@ if attempts > tonumber(ARGV[6]) then
 end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
 redis.call('HSET', KEYS[1], 'worker', ARGV[4], 'started', ARGV[5])
-redis.call('HDEL', KEYS[1], 'position', 'eta_s')
+redis.call('HDEL', KEYS[1], 'position', 'eta_s', 'lost_at')
 return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[7], 'PROCESSING', 0, 'Started')
 """
 
@@ -117,11 +117,14 @@ return {seq, 0}
 """
 
 # KEYS: state, log, input, pending, running, runtime
-# ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code, owner_fmt
+# ARGV: channel, ttl, task_id, body, status, progress, message, now, error_code, owner_fmt,
+#       only_status, only_worker ('' = any: the watchdog ends only what it judged)
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if is_terminal(st) then return 0 end
+if ARGV[11] ~= '' and st ~= ARGV[11] then return 0 end
+if ARGV[12] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[12] then return 0 end
 if st == 'PENDING' then left_queue(KEYS[1], ARGV[3], ARGV[10]) end
 redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
@@ -286,8 +289,12 @@ def finish(
     result: TaskResult | None = None,
     error: TaskError | None = None,
     progress: int = 0,
+    only_status: str = "",
+    only_worker: str = "",
 ) -> ScriptCall:
-    """Log the task's one terminal event. Returns the seq, or 0 if it had already ended."""
+    """Log the task's one terminal event. Returns the seq, or 0 if it had already ended
+    (or, with `only_status`/`only_worker`, if it is no longer in that status or on that worker).
+    """
     if type not in TERMINAL_EVENTS:
         raise ValueError(f"{type} is not a terminal event")
     if type is EventType.SUCCEEDED:
@@ -315,6 +322,8 @@ def finish(
             _now(),
             error["code"] if error else "",
             _OWNER_FMT,
+            only_status,
+            only_worker,
         ],
     )
 

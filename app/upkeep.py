@@ -1,0 +1,149 @@
+"""Background upkeep of the api: queue positions and ETAs, and the lost-worker watchdog.
+
+Every api process runs it; each change is a store script that re-checks the task's
+state, so several api processes doing the same pass change nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from livepix import store
+from livepix.wire import (
+    WORKER_SEEN_S,
+    EventType,
+    Queue,
+    Status,
+    TaskError,
+    capacity_key,
+    pending_key,
+    running_key,
+    runtime_key,
+    state_key,
+    workers_key,
+)
+
+from .eta import capacity, estimate
+from .tasks import TaskService
+
+log = logging.getLogger(__name__)
+
+POSITIONS_INTERVAL_S = 1.0
+MAX_TRACKED = 1000  # waiting tasks per queue that get position and ETA updates
+WATCHDOG_INTERVAL_S = 5.0
+PENDING_MARGIN_S = 60.0  # fail a task still waiting this close to its expiry
+
+
+class Upkeep:
+    """The periodic passes; `run` them as one supervised task."""
+
+    def __init__(self, tasks: TaskService) -> None:
+        self.tasks = tasks
+        self.client = tasks.client
+        self.ttl_s = tasks.settings.result_ttl_s
+        # Dramatiq re-delivers a running task once its worker's broker heartbeat is 15 s
+        # stale; a task not re-started this long after its worker vanished is failed.
+        self.lost_after_s = float(tasks.settings.worker_lost_after_s)
+        self.lost = 0
+
+    async def run(self) -> None:
+        last_watchdog = 0.0
+        while True:
+            await asyncio.sleep(POSITIONS_INTERVAL_S)
+            try:
+                for queue in Queue:
+                    await self.requeue(queue)
+                if time.monotonic() - last_watchdog >= WATCHDOG_INTERVAL_S:
+                    last_watchdog = time.monotonic()
+                    await self.watchdog()
+            except (RedisError, OSError) as exc:
+                log.debug("upkeep pass skipped: %s", exc)
+            except Exception:
+                log.error("upkeep pass failed", exc_info=True)
+
+    async def requeue(self, queue: Queue) -> None:
+        """Re-send `queued` where a waiting task's position or ETA moved."""
+        ids = [i.decode() for i in await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1)]
+        if not ids:
+            return
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(state_key(task_id), "status", "task_type")
+        pipe.hgetall(runtime_key())
+        pipe.zrangebyscore(capacity_key(queue), now - WORKER_SEEN_S, "+inf")
+        pipe.zrange(running_key(), 0, -1, withscores=True)
+        *states, runtimes_raw, workers, running_raw = await pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, _started in running_raw:
+            pipe.hmget(state_key(task_id.decode()), "queue", "task_type")
+        running = [
+            (info[1].decode(), now - started)
+            for (_, started), info in zip(running_raw, await pipe.execute(), strict=True)
+            if info[0] is not None and info[0].decode() == queue.value and info[1] is not None
+        ]
+        waiting = [
+            (i, s[1].decode()) for i, s in zip(ids, states, strict=True) if s[0] == b"PENDING" and s[1]
+        ]
+        runtimes = {k.decode(): float(v) for k, v in runtimes_raw.items()}
+        etas = estimate([t for _, t in waiting], running, runtimes, capacity(workers))
+        pipe = self.client.pipeline(transaction=False)
+        for position, ((task_id, _), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
+            await self.tasks.run_script(store.requeued(task_id, position, eta, self.ttl_s), pipe)
+        await pipe.execute()
+        gone = [i for i, s in zip(ids, states, strict=True) if s[0] != b"PENDING"]
+        if gone:
+            await self.client.zrem(pending_key(queue), *gone)
+
+    async def watchdog(self) -> None:
+        """End running tasks whose worker vanished and was not replaced in time, and
+        waiting tasks about to expire: every task gets its terminal event."""
+        now = time.time()
+        live = {w.decode() for w in await self.client.zrangebyscore(workers_key(), now - WORKER_SEEN_S, "+inf")}
+        for raw_id, _started in await self.client.zrange(running_key(), 0, -1, withscores=True):
+            task_id = raw_id.decode()
+            status, worker, queue, lost_at = await self.client.hmget(
+                state_key(task_id), "status", "worker", "queue", "lost_at"
+            )
+            if status is None:
+                await self.client.zrem(running_key(), task_id)
+                continue
+            if status != b"PROCESSING" or worker is None or worker.decode() in live:
+                continue
+            if lost_at is None:
+                await self.client.hsetnx(state_key(task_id), "lost_at", now)
+                continue
+            if now - float(lost_at) < self.lost_after_s:
+                continue
+            error = TaskError(
+                code="worker_lost",
+                message=f"the worker running this task stopped and no other took it over within {self.lost_after_s:.0f} s",
+            )
+            call = store.finish(
+                task_id, queue.decode() if queue else "", EventType.FAILED, "Worker lost", self.ttl_s,
+                error=error, only_status=Status.PROCESSING.value, only_worker=worker.decode(),
+            )
+            if int(await self.tasks.run_script(call)) > 0:
+                self.lost += 1
+                log.warning("task %s failed: its worker %s vanished", task_id, worker.decode())
+        for queue in Queue:
+            await self._expire_waiting(queue, now)
+
+    async def _expire_waiting(self, queue: Queue, now: float) -> None:
+        oldest = await self.client.zrange(pending_key(queue), 0, 20)
+        for raw_id in oldest:
+            task_id = raw_id.decode()
+            created, status = await self.client.hmget(state_key(task_id), "created", "status")
+            if created is None or status != b"PENDING":
+                continue
+            if now - float(created) < self.ttl_s - PENDING_MARGIN_S:
+                break  # in submit order: the rest are younger
+            error = TaskError(code="timeout", message="no worker took the task before it expired")
+            await self.tasks.run_script(
+                store.finish(task_id, queue.value, EventType.FAILED, "Expired", self.ttl_s,
+                             error=error, only_status=Status.PENDING.value)
+            )

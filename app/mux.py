@@ -23,7 +23,7 @@ from livepix.wire import ErrorCode, WsClose, dumps
 from .auth import Authenticator, Caller
 from .errors import ApiError, UnauthorizedError
 from .hub import Hub
-from .streams import SEND_TIMEOUT_S, inline_param, run_until_first_done, shape
+from .streams import SEND_TIMEOUT_S, close, inline_param, run_until_first_done, shape
 from .tasks import TaskService
 from .validation import ValidationError, validate_task
 from .watch import Frame, Watch
@@ -58,14 +58,14 @@ class Session:
         while True:
             frame = await self.watch.get()
             if frame is None:
-                await self.ws.close(WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return
             try:
                 await asyncio.wait_for(
                     self.ws.send_text(shape(frame, self.inline, self.ws).text), SEND_TIMEOUT_S
                 )
             except TimeoutError:
-                await self.ws.close(WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return
             if frame.terminal:
                 self.hub.unfollow(self.watch, frame.task_id)

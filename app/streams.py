@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 
+import anyio
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import HTTPConnection, Request
@@ -23,6 +24,8 @@ from .watch import Frame, Watch
 log = logging.getLogger(__name__)
 
 SSE_RETRY_MS = 2000
+SSE_RESUME_MS = 500  # the hint sent when the server ends a stream early
+SSE_SHUTDOWN_GRACE_S = 2.0  # under uvicorn's graceful shutdown timeout (5 s)
 SSE_PING_S = 15
 SEND_TIMEOUT_S = 10.0
 
@@ -74,11 +77,14 @@ async def events_sse(request: Request) -> Response:
         # A browser's EventSource gives up for good on a non-200: ask it to retry.
         return EventSourceResponse(_retry_only(), headers=_SSE_HEADERS)
 
+    shutdown = anyio.Event()
+
     async def stream() -> AsyncIterator[bytes]:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         if state.terminal and since >= state.seq:
             return
         watch = Watch()
+        closer = asyncio.create_task(_close_on(shutdown, watch))
         try:
             await hub.follow(watch, task_id, since)
         except RedisError:
@@ -87,16 +93,30 @@ async def events_sse(request: Request) -> Response:
             while True:
                 frame = await watch.get()
                 if frame is None:
-                    return  # too slow: the client resumes from its last id
+                    # Too slow, or the api is stopping: end cleanly; the client
+                    # resumes from its last id (on another api process, if need be).
+                    yield f"retry: {SSE_RESUME_MS}\n\n".encode()
+                    return
                 yield shape(frame, inline, request).sse()
                 if frame.terminal:
                     return
         finally:
+            closer.cancel()
             hub.unfollow(watch, task_id)
 
     return EventSourceResponse(
-        stream(), ping=SSE_PING_S, send_timeout=SEND_TIMEOUT_S, headers=_SSE_HEADERS
+        stream(),
+        ping=SSE_PING_S,
+        send_timeout=SEND_TIMEOUT_S,
+        headers=_SSE_HEADERS,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,
     )
+
+
+async def _close_on(event: anyio.Event, watch: Watch) -> None:
+    await event.wait()
+    watch.fail()
 
 
 _SSE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -126,7 +146,7 @@ async def task_ws(websocket: WebSocket) -> None:
     inline = inline_param(websocket)
     await websocket.accept()
     if state.terminal and since >= state.seq:
-        await websocket.close(WsClose.DONE)
+        await close(websocket, WsClose.DONE)
         return
     watch = Watch()
 
@@ -134,28 +154,37 @@ async def task_ws(websocket: WebSocket) -> None:
         try:
             await hub.follow(watch, task_id, since)
         except RedisError:
-            await websocket.close(WsClose.RESTARTING, "storage unavailable; resume")
+            await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
         while True:
             frame = await watch.get()
             if frame is None:
-                await websocket.close(WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return
             try:
                 await asyncio.wait_for(
                     websocket.send_text(shape(frame, inline, websocket).text), SEND_TIMEOUT_S
                 )
             except TimeoutError:
-                await websocket.close(WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return
             if frame.terminal:
-                await websocket.close(WsClose.DONE)
+                await close(websocket, WsClose.DONE)
                 return
 
     try:
         await run_until_first_done(send(), drain(websocket))
     finally:
         hub.unfollow(watch, task_id)
+
+
+async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
+    """Close with `code`, giving up after the send timeout: a stalled client cannot take
+    the close frame either, and returning ends the connection all the same."""
+    try:
+        await asyncio.wait_for(websocket.close(code, reason), SEND_TIMEOUT_S)
+    except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
+        pass
 
 
 async def drain(websocket: WebSocket) -> None:

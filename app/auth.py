@@ -130,7 +130,9 @@ class AuthMiddleware:
         path: str = scope["path"]
         state = scope.setdefault("state", {})
         if scope["type"] == "websocket" and not self.auth.origin_allowed(headers):
-            await _refuse(scope, receive, send, 403, "forbidden_origin", "This Origin may not open a WebSocket here")
+            await _refuse(
+                scope, receive, send, 403, ErrorCode.FORBIDDEN_ORIGIN.value, "This Origin may not open a WebSocket here"
+            )
             return
         if path == "/" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             state["caller"] = ANONYMOUS

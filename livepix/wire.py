@@ -73,6 +73,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
     TOO_MANY_TASKS = "too_many_tasks"
     UNAVAILABLE = "unavailable"
     UNKNOWN_OP = "unknown_op"

@@ -184,6 +184,8 @@ _SCHEMAS: dict[str, Schema] = {
         ["task_id", "status", "message", "position", "links"], task_id=_UUID,
         status={"const": Status.PENDING.value}, message=_STR, position=_INT | {"minimum": 1},
         links=_object(list(_LINKS), **dict.fromkeys(_LINKS, _STR)),
+        stream_token=_STR | {"description": "With API keys on: a signed, read-only token for "
+                             "this task only, to pass as `?token=` on its streams and GETs"},
     ),
     "TaskStatus": _object(
         ["task_id", "task_type", "status", "progress", "message", "result_available", "seq"],
@@ -252,8 +254,12 @@ _PATHS: dict[str, Schema] = {
                       (ErrorCode.INVALID_INPUT, "Invalid input"),
                       (ErrorCode.INVALID_JSON, "The request body is not valid JSON"),
                       details={"prompt": ["Prompt is required for image_generation"]}),
+        "401": _error("API keys are on and the request carries none, a wrong one, or a "
+                      "read-only stream token", (ErrorCode.UNAUTHORIZED, "A valid API key is required")),
         "413": _error("The body is over `LIVEPIX_MAX_BODY_MB`",
                       (ErrorCode.PAYLOAD_TOO_LARGE, "The request body is over 25 MB")),
+        "429": _error("The owner already has `LIVEPIX_MAX_QUEUED_PER_OWNER` waiting tasks",
+                      (ErrorCode.TOO_MANY_TASKS, "Too many waiting tasks")) | {"headers": _RETRY_AFTER},
         "503": _503,
     }, requestBody={"required": True,
                     "content": {"application/json": {"schema": _ref("TaskRequest")}}})},

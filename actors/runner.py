@@ -47,7 +47,7 @@ class Runner:
         except MemoryError:
             self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory")
         except Exception as exc:
-            log.error("task %s (%s) crashed", task_id, task_type.value, exc_info=True)
+            log.exception("task %s (%s) crashed", task_id, task_type.value)
             self._fail(task_id, queue, ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
         else:
             elapsed = time.monotonic() - began

@@ -154,7 +154,7 @@ class Hub:
             except (RedisError, OSError) as exc:
                 log.warning("hub lost Redis (%s); reconnecting", exc)
             except Exception:
-                log.error("hub listener crashed; restarting it", exc_info=True)
+                log.exception("hub listener crashed; restarting it")
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(RECONNECT_MAX_DELAY_S, delay * 2)
@@ -168,7 +168,7 @@ class Hub:
         )
         pubsub = client.pubsub()
         try:
-            await pubsub.connect()
+            await pubsub.connect()  # type: ignore[no-untyped-call]
             self._acks.clear()
             self._pubsub = pubsub
             for name, ch in self._channels.items():
@@ -196,7 +196,7 @@ class Hub:
                 if not ch.ready.done():
                     ch.ready.set_result(None)  # followers go on; the replay covers them
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await client.aclose()
             except (RedisError, OSError):
                 pass

@@ -86,7 +86,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(
-            redis_url, socket_keepalive=True, socket_connect_timeout=2, socket_timeout=5
+            redis_url,
+            socket_keepalive=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            decode_responses=True,
         )
         broker = make_broker(redis_url)
         tasks = TaskService(client, broker, settings)

@@ -11,11 +11,11 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from redis.exceptions import RedisError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livepix.images import ImageLimits
 from livepix.wire import ErrorCode, WsClose, dumps
@@ -25,10 +25,16 @@ from .errors import ApiError, UnauthorizedError
 from .hub import Hub
 from .streams import SEND_TIMEOUT_S, close, inline_param, run_until_first_done, shape
 from .tasks import TaskService
-from .validation import ValidationError, validate_task
+from .validation import ValidationError, json_problem, validate_task
 from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
+
+MAX_SEQ = 2**63 - 1  # Redis list indexes are signed 64-bit: a larger `since` is an error there
+
+
+def _not_json(constant: str) -> NoReturn:
+    raise ValueError(f"{constant} is not JSON")  # json.loads accepts NaN and Infinity otherwise
 
 
 def _reply(**fields: Any) -> Frame:
@@ -80,12 +86,17 @@ class Session:
                 self.error(ErrorCode.INVALID_JSON.value, "send JSON text frames")
                 continue
             try:
-                op = json.loads(text)
-            except ValueError:
+                op = json.loads(text, parse_constant=_not_json)
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 self.error(ErrorCode.INVALID_JSON.value, "the message is not valid JSON")
                 continue
             if not isinstance(op, dict):
                 self.error(ErrorCode.INVALID_JSON.value, "a message must be a JSON object")
+                continue
+            # Replies echo these fields: refuse what could not be sent back as JSON text.
+            # A submit's `task` is checked by validate_task, with details, as over HTTP.
+            if problem := json_problem({k: v for k, v in op.items() if k != "task"}):
+                self.error(ErrorCode.INVALID_JSON.value, f"the message {problem}")
                 continue
             await self.handle(op)
 
@@ -98,7 +109,7 @@ class Session:
             since = op.get("since", 0)
             if task_id is None:
                 return
-            if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_SEQ:
                 self.error(ErrorCode.INVALID_INPUT.value, "since must be a non-negative integer", task_id=task_id)
                 return
             await self.subscribe(task_id, since)
@@ -118,12 +129,14 @@ class Session:
 
     def _task_id(self, op: dict[str, Any]) -> str | None:
         raw = op.get("task_id")
+        if not isinstance(raw, str):
+            self.error(ErrorCode.INVALID_INPUT.value, "task_id must be a string", task_id=raw)
+            return None
         try:
-            return str(uuid.UUID(raw)) if isinstance(raw, str) else None
-        except ValueError:
-            pass
-        self.error(ErrorCode.NOT_FOUND.value, "Task not found", task_id=raw)
-        return None
+            return str(uuid.UUID(raw))
+        except ValueError:  # anything but a UUID is an unknown task, as over HTTP
+            self.error(ErrorCode.NOT_FOUND.value, "Task not found", task_id=raw)
+            return None
 
     async def subscribe(self, task_id: str, since: int) -> None:
         try:
@@ -194,3 +207,6 @@ async def mux_ws(websocket: WebSocket) -> None:
         await run_until_first_done(session.send_loop(), session.receive_loop())
     finally:
         await session.close()
+    # Both loops end with the socket closed or gone, unless one of them failed.
+    if WebSocketState.CONNECTED == websocket.application_state == websocket.client_state:
+        await close(websocket, WsClose.INTERNAL, "internal error")

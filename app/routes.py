@@ -15,13 +15,13 @@ from livepix.wire import ErrorCode, Status
 
 from .auth import Authenticator, Caller
 from .errors import (
+    ApiError,
     InvalidInputError,
     InvalidJSONError,
     NotReadyError,
     PayloadTooLargeError,
     UnauthorizedError,
     UnavailableError,
-    ApiError,
 )
 from .streams import task_id_param
 from .tasks import TaskService
@@ -76,10 +76,10 @@ def links(request: Request, task_id: str) -> dict[str, str]:
 async def submit(request: Request) -> Response:
     tasks = _tasks(request)
     settings = tasks.settings
-    body = await read_json(request, settings.max_body_bytes)
+    payload = await read_json(request, settings.max_body_bytes)
     limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
     try:
-        task = await anyio.to_thread.run_sync(validate_task, body, limits)
+        task = await anyio.to_thread.run_sync(validate_task, payload, limits)
     except ValidationError as exc:
         raise InvalidInputError(details=exc.details) from None
     caller = writer(request)

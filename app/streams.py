@@ -202,7 +202,7 @@ async def run_until_first_done(*coros: object) -> None:
     """Run coroutines side by side; the first to finish cancels the others."""
     tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[call-overload]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()

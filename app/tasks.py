@@ -5,7 +5,6 @@ Redis errors become `UnavailableError` here, at the edge.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -13,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import dramatiq
@@ -70,8 +69,7 @@ class TaskState:
         return self.status in TERMINAL_STATUSES
 
     @classmethod
-    def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskState:
-        h = {k.decode(): v.decode() for k, v in raw.items()}
+    def from_hash(cls, task_id: str, h: dict[str, str]) -> TaskState:
         return cls(
             task_id=task_id,
             status=Status(h.get("status", Status.PENDING.value)),
@@ -158,7 +156,7 @@ class TaskService:
 
     async def state(self, task_id: str) -> TaskState | None:
         async with redis_errors():
-            raw = await self.client.hgetall(state_key(task_id))
+            raw = cast(dict[str, str], await self.client.hgetall(state_key(task_id)))
         if not raw:
             return None
         return TaskState.from_hash(task_id, raw)
@@ -175,12 +173,12 @@ class TaskService:
             return None
         async with redis_errors():
             rank = await self.client.zrank(pending_key(state.queue), state.task_id)
-        return None if rank is None else int(rank) + 1
+        return None if rank is None else int(cast(int, rank)) + 1
 
     async def read_log(self, task_id: str, since: int) -> list[str]:
         """The task's events after seq `since`, as JSON text. Raises RedisError."""
         raw = await self.client.lrange(log_key(task_id), since, -1)
-        return [item.decode() for item in raw]
+        return [str(item) for item in raw]
 
     async def last_event(self, task_id: str) -> dict[str, Any] | None:
         async with redis_errors():
@@ -196,7 +194,7 @@ class TaskService:
         code = int(code)
         if code == -1:
             raise NotFoundError()
-        return code > 0, Status(status.decode() if isinstance(status, bytes) else status)
+        return code > 0, Status(status)
 
     async def queues(self) -> dict[str, Any]:
         """Depth of each queue, workers seen, running tasks."""
@@ -212,12 +210,12 @@ class TaskService:
             if running_ids:
                 pipe = self.client.pipeline(transaction=False)
                 for task_id in running_ids:
-                    pipe.hget(state_key(task_id.decode()), "queue")
+                    pipe.hget(state_key(task_id), "queue")
                 queues_of = dict(zip(running_ids, await pipe.execute(), strict=True))
         running = {q.value: 0 for q in Queue}
         for queue in queues_of.values():
-            if queue is not None and queue.decode() in running:
-                running[queue.decode()] += 1
+            if queue in running:
+                running[queue] += 1
         return {
             "queues": {
                 q.value: {"pending": int(depth), "running": running[q.value]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 from redis.exceptions import RedisError
 
@@ -63,11 +64,11 @@ class Upkeep:
             except (RedisError, OSError) as exc:
                 log.debug("upkeep pass skipped: %s", exc)
             except Exception:
-                log.error("upkeep pass failed", exc_info=True)
+                log.exception("upkeep pass failed")
 
     async def requeue(self, queue: Queue) -> None:
         """Re-send `queued` where a waiting task's position or ETA moved."""
-        ids = [i.decode() for i in await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1)]
+        ids = cast(list[str], await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1))
         if not ids:
             return
         now = time.time()
@@ -80,22 +81,22 @@ class Upkeep:
         *states, runtimes_raw, workers, running_raw = await pipe.execute()
         pipe = self.client.pipeline(transaction=False)
         for task_id, _started in running_raw:
-            pipe.hmget(state_key(task_id.decode()), "queue", "task_type")
+            pipe.hmget(state_key(task_id), "queue", "task_type")
         running = [
-            (info[1].decode(), now - started)
+            (info[1], now - started)
             for (_, started), info in zip(running_raw, await pipe.execute(), strict=True)
-            if info[0] is not None and info[0].decode() == queue.value and info[1] is not None
+            if info[0] == queue.value and info[1] is not None
         ]
         waiting = [
-            (i, s[1].decode()) for i, s in zip(ids, states, strict=True) if s[0] == b"PENDING" and s[1]
+            (i, s[1]) for i, s in zip(ids, states, strict=True) if s[0] == "PENDING" and s[1]
         ]
-        runtimes = {k.decode(): float(v) for k, v in runtimes_raw.items()}
+        runtimes = {k: float(v) for k, v in runtimes_raw.items()}
         etas = estimate([t for _, t in waiting], running, runtimes, capacity(workers))
         pipe = self.client.pipeline(transaction=False)
         for position, ((task_id, _), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
             await self.tasks.run_script(store.requeued(task_id, position, eta, self.ttl_s), pipe)
         await pipe.execute()
-        gone = [i for i, s in zip(ids, states, strict=True) if s[0] != b"PENDING"]
+        gone = [i for i, s in zip(ids, states, strict=True) if s[0] != "PENDING"]
         if gone:
             await self.client.zrem(pending_key(queue), *gone)
 
@@ -103,16 +104,16 @@ class Upkeep:
         """End running tasks whose worker vanished and was not replaced in time, and
         waiting tasks about to expire: every task gets its terminal event."""
         now = time.time()
-        live = {w.decode() for w in await self.client.zrangebyscore(workers_key(), now - WORKER_SEEN_S, "+inf")}
-        for raw_id, _started in await self.client.zrange(running_key(), 0, -1, withscores=True):
-            task_id = raw_id.decode()
-            status, worker, queue, lost_at = await self.client.hmget(
+        live = set(await self.client.zrangebyscore(workers_key(), now - WORKER_SEEN_S, "+inf"))
+        running = cast(list[str], await self.client.zrange(running_key(), 0, -1))
+        for task_id in running:
+            status, worker, queue, lost_at = cast(list[str | None], await self.client.hmget(
                 state_key(task_id), "status", "worker", "queue", "lost_at"
-            )
+            ))
             if status is None:
                 await self.client.zrem(running_key(), task_id)
                 continue
-            if status != b"PROCESSING" or worker is None or worker.decode() in live:
+            if status != "PROCESSING" or worker is None or worker in live:
                 continue
             if lost_at is None:
                 await self.client.hsetnx(state_key(task_id), "lost_at", now)
@@ -124,21 +125,20 @@ class Upkeep:
                 message=f"the worker running this task stopped and no other took it over within {self.lost_after_s:.0f} s",
             )
             call = store.finish(
-                task_id, queue.decode() if queue else "", EventType.FAILED, "Worker lost", self.ttl_s,
-                error=error, only_status=Status.PROCESSING.value, only_worker=worker.decode(),
+                task_id, queue or "", EventType.FAILED, "Worker lost", self.ttl_s,
+                error=error, only_status=Status.PROCESSING.value, only_worker=worker,
             )
             if int(await self.tasks.run_script(call)) > 0:
                 self.lost += 1
-                log.warning("task %s failed: its worker %s vanished", task_id, worker.decode())
+                log.warning("task %s failed: its worker %s vanished", task_id, worker)
         for queue in Queue:
             await self._expire_waiting(queue, now)
 
     async def _expire_waiting(self, queue: Queue, now: float) -> None:
-        oldest = await self.client.zrange(pending_key(queue), 0, 20)
-        for raw_id in oldest:
-            task_id = raw_id.decode()
+        oldest = cast(list[str], await self.client.zrange(pending_key(queue), 0, 20))
+        for task_id in oldest:
             created, status = await self.client.hmget(state_key(task_id), "created", "status")
-            if created is None or status != b"PENDING":
+            if created is None or status != "PENDING":
                 continue
             if now - float(created) < self.ttl_s - PENDING_MARGIN_S:
                 break  # in submit order: the rest are younger

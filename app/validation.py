@@ -17,6 +17,11 @@ from livepix.wire import INPAINT_METHODS, STYLE_PRESETS, TaskType
 MAX_PROMPT_CHARS = 5000
 MAX_BOXES = 64
 _HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
+# JSON may escape a lone UTF-16 surrogate ("\ud800"); such a string cannot become UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_UNICODE = "must be valid Unicode text (it holds a lone surrogate, \\ud800-\\udfff)"
+MAX_DEPTH = 32  # nested arrays and objects; a task needs 4. Deeper values are refused
+TOO_DEEP = f"must not nest arrays and objects more than {MAX_DEPTH} deep"
 
 
 class ValidationError(Exception):
@@ -108,6 +113,8 @@ def _text(max_chars: int) -> Checker:
     def check(value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return value, "must be a string"
+        if "\x00" in value:
+            return value, "must not contain NUL characters"
         if len(value) > max_chars:
             return value, f"must be at most {max_chars} characters"
         return value, None
@@ -208,10 +215,11 @@ def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
     errors = _Errors()
     if not isinstance(body, dict):
         raise ValidationError({"non_field_errors": ["The request body must be a JSON object"]})
+    _check_json(body)
 
     raw_type = body.get("task_type")
     try:
-        task_type = TaskType(raw_type)
+        task_type = TaskType(str(raw_type))
     except ValueError:
         if raw_type is None:
             errors.add("task_type", "This field is required")
@@ -269,6 +277,35 @@ def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
         mask=images["mask"],
         parameters=parameters,
     )
+
+
+def json_problem(value: Any) -> str | None:
+    """What makes parsed JSON `value` unsafe to store or echo back, if anything: a string
+    (or key) that cannot be UTF-8, or nesting deeper than `MAX_DEPTH`."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:  # no recursion: the value may be nested as deep as the parser allows
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return NOT_UNICODE
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return TOO_DEEP
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _check_json(body: dict[str, Any]) -> None:
+    """Refuse what could not be echoed in an error or stored, before anything else."""
+    details: dict[str, list[str]] = {}
+    for name, value in body.items():
+        if json_problem(name):
+            details["non_field_errors"] = [f"Field names {NOT_UNICODE}"]
+        elif problem := json_problem(value):
+            details[name] = [problem]
+    if details:
+        raise ValidationError(details)
 
 
 def _wh(size: tuple[int, int]) -> str:

@@ -12,7 +12,7 @@ MAINTENANCE_CHANCE = 10_000  # out of 100_000 dispatch calls
 
 
 def make_broker(redis_url: str) -> RedisBroker:
-    return RedisBroker(
+    return RedisBroker(  # type: ignore[no-untyped-call]
         url=redis_url,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,

@@ -64,7 +64,7 @@ class Child:
             self.argv,
             env=self.env,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor runs no threads
         )
         self.started_at = time.monotonic()
 

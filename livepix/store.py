@@ -20,16 +20,15 @@ from .wire import (
     TaskError,
     TaskResult,
     channel,
-    dumps,
     event_body,
     input_key,
     log_key,
+    order_key,
+    owner_queue_key,
     pending_key,
     running_key,
     runtime_key,
     state_key,
-    order_key,
-    owner_queue_key,
 )
 
 _PRELUDE = """

@@ -33,7 +33,9 @@ def test_sse_streams_full_event_sequence_to_an_rgba_png(stack: Stack) -> None:
 
     assert_contiguous(events)
     types = [e["type"] for e in events]
-    assert types[0] == "queued" and types[1] == "started" and types[-1] == "succeeded", types
+    # `queued` may be re-sent (position, ETA) before the task starts.
+    started = types.index("started")
+    assert set(types[:started]) == {"queued"} and types[-1] == "succeeded", types
     assert "progress" in types
     assert all(e["task_id"] == task_id for e in events)
     progress = [e["progress"] for e in events if e["type"] == "progress"]

@@ -31,7 +31,7 @@ class Report(Protocol):
         *,
         step: int | None = None,
         total: int | None = None,
-        preview: Callable[[], Image.Image] | None = None,
+        preview: Callable[[], Image.Image | None] | None = None,
     ) -> None: ...
 
 

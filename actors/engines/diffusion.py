@@ -121,12 +121,12 @@ class Diffusion:
             options["cache_dir"] = str(hub_cache(settings))
         try:
             try:
-                pipe = AutoPipelineForText2Image.from_pretrained(source, local_files_only=True, **options)
+                pipe = AutoPipelineForText2Image.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
             except (OSError, ValueError):
                 if local:
                     raise
                 report(2, f"Fetching {source} into the data dir (first use; several GB)")
-                pipe = AutoPipelineForText2Image.from_pretrained(source, **options)
+                pipe = AutoPipelineForText2Image.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"the image model {source!r} could not be loaded ({type(exc).__name__}: "

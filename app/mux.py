@@ -23,6 +23,7 @@ from livepix.wire import ErrorCode, WsClose, dumps
 from .auth import Authenticator, Caller
 from .errors import ApiError, UnauthorizedError
 from .hub import Hub
+from .metrics import sent
 from .streams import SEND_TIMEOUT_S, close, inline_param, run_until_first_done, shape
 from .tasks import TaskService
 from .validation import ValidationError, json_problem, validate_task
@@ -70,6 +71,7 @@ class Session:
                 await asyncio.wait_for(
                     self.ws.send_text(shape(frame, self.inline, self.ws).text), SEND_TIMEOUT_S
                 )
+                sent(frame)
             except TimeoutError:
                 await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return

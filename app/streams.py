@@ -18,6 +18,7 @@ from livepix.wire import WsClose
 
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
+from .metrics import sent
 from .tasks import TaskService
 from .watch import Frame, Watch
 
@@ -98,6 +99,7 @@ async def events_sse(request: Request) -> Response:
                     yield f"retry: {SSE_RESUME_MS}\n\n".encode()
                     return
                 yield shape(frame, inline, request).sse()
+                sent(frame)
                 if frame.terminal:
                     return
         finally:
@@ -165,6 +167,7 @@ async def task_ws(websocket: WebSocket) -> None:
                 await asyncio.wait_for(
                     websocket.send_text(shape(frame, inline, websocket).text), SEND_TIMEOUT_S
                 )
+                sent(frame)
             except TimeoutError:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return

@@ -27,6 +27,14 @@ COALESCE_AFTER = 16
 MAX_FRAMES = 256
 
 
+class Pressure:
+    """Process-wide counts of what the slow-client policy did (for /metrics)."""
+
+    coalesced = 0
+    dropped = 0
+    overflowed = 0
+
+
 @dataclass(slots=True, eq=False)
 class Frame:
     """One event as it travels: decoded once, serialized at most once per variant."""
@@ -143,11 +151,15 @@ class Watch:
                 follow.progress_slot[0] = frame
                 follow.high = frame.seq
                 self.coalesced += 1
+                Pressure.coalesced += 1
                 return
             if len(self._out) >= self.max_frames:
                 self.dropped += 1
+                Pressure.dropped += 1
                 return
         elif len(self._out) >= self.max_frames:
+            if not self.overflowed:
+                Pressure.overflowed += 1
             self.overflowed = True
             self._ready.set()
             return

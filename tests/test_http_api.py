@@ -169,6 +169,8 @@ def test_health_readiness_queues_and_metrics(stack: Stack) -> None:
     assert set(queues["queues"]) == {"gpu", "cpu"} and queues["workers"] >= 2
     metrics = httpx.get(stack.url + API + "/metrics").text
     assert "livepix_hub_connected 1" in metrics and "livepix_workers" in metrics
+    assert "livepix_delivery_latency_seconds_bucket" in metrics
+    assert "livepix_progress_coalesced_total" in metrics
 
 
 def test_queued_tasks_report_their_position(new_stack: Stack) -> None:

@@ -21,6 +21,7 @@ from tests.clients import (
     assert_contiguous,
     noise,
     png_b64,
+    sse_events,
     submit,
     two_tone,
     ws_url,
@@ -88,8 +89,54 @@ def test_a_stalled_websocket_client_does_not_slow_a_healthy_one(stack: Stack) ->
         # Each result reached the healthy client promptly although the stalled one
         # had stopped reading long before.
         assert max(lags) < 5.0, lags
+        # And the server let go of the stalled one: a send blocked past its timeout.
+        assert closed_by_server(stalled, within_s=45)
     finally:
         stalled.close()
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    """Drain `sock` until the server closes it (EOF or reset), or give up."""
+    sock.settimeout(1.0)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_a_stalled_sse_client_is_let_go_and_others_are_not_slowed(stack: Stack) -> None:
+    bodies = [
+        {
+            "task_type": "object_removal",
+            "image": png_b64(noise(1024, seed)),
+            "parameters": {"boxes": [[10, 10, 40, 40]], "dilate_px": 0},
+        }
+        for seed in range(10, 14)
+    ]
+    ids = [submit(stack.url, body) for body in bodies]
+    host, port = stack.url.removeprefix("http://").split(":")
+    stalled = []
+    for task_id in ids:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(f"GET {API}/tasks/{task_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        stalled.append(sock)
+    try:
+        for task_id in ids:
+            final = sse_events(stack.url, task_id)[-1]
+            assert final["type"] == "succeeded"
+            assert time.time() - final["ts"] < 5.0  # delivered promptly to a healthy client
+        assert all(closed_by_server(sock, within_s=45) for sock in stalled)
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 def test_redis_restart_while_a_watcher_waits_leaves_no_gap(

@@ -7,9 +7,9 @@
 // unfinished task is watched with an EventSource on /tasks/{id}/events?since=<last seq>.
 //
 // Auth: with LIVEPIX_API_KEYS, fetch calls send `Authorization: Bearer <key>`. WebSocket
-// and EventSource cannot send headers, so they get `?token=<key>` appended. NOTE: the
-// server does not read `token` yet (SPEC section 6 plans a short-lived, task-scoped
-// `stream_token` returned by submit); until it does, streams work without keys only.
+// and EventSource cannot send headers: a task's EventSource uses the read-only,
+// task-scoped `stream_token` its submit returned (kept with the task); the multiplexed
+// WebSocket, which submits and cancels too, gets `?token=<key>`.
 
 const API = '/api/v1';
 const TERMINAL = new Set(['SUCCESS', 'FAILURE', 'REVOKED']);
@@ -80,7 +80,7 @@ function stored() {
 // Merges with what is stored, so that tasks another tab submitted are kept.
 function save() {
   const byId = new Map(stored().map((t) => [t.id, t]));
-  for (const { id, type, created, lastSeq } of tasks.values()) byId.set(id, { id, type, created, lastSeq });
+  for (const { id, type, created, lastSeq, token } of tasks.values()) byId.set(id, { id, type, created, lastSeq, token });
   forgotten.forEach((id) => byId.delete(id));
   const kept = [...byId.values()].filter((t) => Date.now() - t.created < TTL_MS);
   localStorage.setItem(STORE, JSON.stringify(kept));
@@ -96,7 +96,7 @@ function restore() {
   stored().filter((t) => now - t.created < TTL_MS)
     .sort((a, b) => a.created - b.created)
     // lastSeq starts at 0: the card is rebuilt from the task's history, final result included.
-    .forEach((t) => addTask(t.id, t.type, t.created, 'UNKNOWN'));
+    .forEach((t) => { addTask(t.id, t.type, t.created, 'UNKNOWN').token = t.token; });
   save();
 }
 
@@ -261,7 +261,7 @@ function onOp(msg) {
   if (msg.op === 'submitted' && pending.has(msg.request_id)) {
     const { type } = pending.get(msg.request_id);
     pending.delete(msg.request_id);
-    submitted(msg.task_id, type, msg.position); // the server subscribed this socket to it
+    submitted(msg.task_id, type, msg.position, msg.stream_token); // the server subscribed this socket to it
   } else if (msg.op === 'error') {
     if (msg.request_id != null && pending.has(msg.request_id)) {
       pending.delete(msg.request_id);
@@ -323,7 +323,8 @@ function closeSse(t) {
 
 function openSse(t) {
   closeSse(t);
-  const es = new EventSource(withToken(`${API}/tasks/${t.id}/events?since=${t.lastSeq}`));
+  const url = `${API}/tasks/${t.id}/events?since=${t.lastSeq}`;
+  const es = new EventSource(t.token ? `${url}&token=${encodeURIComponent(t.token)}` : withToken(url));
   t.es = es;
   const handler = (e) => { try { onEvent(JSON.parse(e.data)); } catch { /* ignore a bad frame */ } };
   EVENT_TYPES.forEach((type) => es.addEventListener(type, handler));
@@ -544,8 +545,9 @@ function showErrors(body) {
 
 function submitBusy(busy) { Object.assign($('#submit'), { disabled: busy, textContent: busy ? 'Submitting…' : 'Submit' }); }
 
-function submitted(id, type, position) {
+function submitted(id, type, position, token) {
   const t = addTask(id, type);
+  if (token) { t.token = token; save(); }
   if (position != null) { t.position = position; render(t); }
   clearErrors();
   submitBusy(false);
@@ -556,7 +558,7 @@ async function submitHttp(task) {
   try {
     const response = await api('/tasks/submit/', { method: 'POST', body: JSON.stringify(task) });
     const body = await jsonOf(response);
-    if (response.status === 202) follow(submitted(body.task_id, task.task_type, body.position));
+    if (response.status === 202) follow(submitted(body.task_id, task.task_type, body.position, body.stream_token));
     else showErrors(body);
   } catch {
     showErrors({ error: 'Could not reach the server. Check your connection and try again.' });

@@ -353,3 +353,23 @@ def test_bad_uploads_are_explained_in_plain_words(page: Page, stack: Stack) -> N
     assert "{" not in errors.text and "details" not in errors.text  # words, not JSON
     assert card_ids(page) == []  # nothing was submitted
     assert_no_page_errors(page)
+
+
+def test_the_ui_works_with_api_keys_on(page: Page, new_stack: Stack) -> None:
+    new_stack.env["LIVEPIX_API_KEYS"] = "ui-key-0123456789"
+    base = new_stack.add_api()
+    new_stack.add_worker("cpu")
+    page.base_url = base
+    page.driver.get(base + "/static/app.css")
+    page.driver.execute_script("localStorage.clear(); localStorage.setItem('livepix.apiKey', 'ui-key-0123456789')")
+    page.driver.get(base + "/")
+    wait_live(page)
+    choose_type(page, "background_removal")
+    image = write_png(page.tmp_path / "subject.png", two_tone(96, 64))
+    upload(page, image)
+    wait_uploaded(page, image)
+    task_id = submit_form(page)
+    el = wait_card_status(page, task_id, "SUCCESS")
+    assert_result_shown(page, el, (96, 64))
+    # Without the key, the same page gets nowhere with that task.
+    assert httpx.get(f"{base}/api/v1/tasks/{task_id}/status/").status_code == 401

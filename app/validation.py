@@ -225,7 +225,7 @@ def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
             errors.add("task_type", "This field is required")
         else:
             choices = ", ".join(t.value for t in TaskType)
-            errors.add("task_type", f'"{raw_type}" is not a valid choice; choose one of: {choices}')
+            errors.add("task_type", f'"{_shown(raw_type)}" is not a valid choice; choose one of: {choices}')
         raise ValidationError(errors.details) from None
 
     known = {"task_type", "prompt", "image", "target_image", "mask", "parameters"}
@@ -306,6 +306,12 @@ def _check_json(body: dict[str, Any]) -> None:
             details[name] = [problem]
     if details:
         raise ValidationError(details)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value` as echoed in an error message: never more than `limit` characters of it."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _wh(size: tuple[int, int]) -> str:

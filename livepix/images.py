@@ -33,7 +33,8 @@ def strip_data_url(data: str) -> str:
         raise ImageError("a data: URL must be base64 encoded")
     media_type = header[5:-7].lower()
     if media_type not in _DATA_URL_TYPES:
-        raise ImageError(f"a data: URL of type {media_type or 'none'} is not an image livepix accepts")
+        shown = media_type[:60] + ("..." if len(media_type) > 60 else "")  # echoed: keep it short
+        raise ImageError(f"a data: URL of type {shown or 'none'} is not an image livepix accepts")
     return payload
 
 

@@ -15,18 +15,19 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 
 from livepix.broker import make_broker
 from livepix.config import Settings, load_settings
 
 from . import routes
 from .auth import Authenticator, AuthMiddleware
-from .errors import EXCEPTION_HANDLERS
+from .errors import EXCEPTION_HANDLERS, NotFoundError
 from .hub import Hub
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
-from .streams import events_sse, task_ws
+from .streams import deny, events_sse, task_ws
 from .tasks import TaskService
 from .upkeep import Upkeep
 
@@ -73,7 +74,13 @@ def build_routes() -> list[BaseRoute]:
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        WebSocketRoute("/{path:path}", unknown_ws),
     ]
+
+
+async def unknown_ws(websocket: WebSocket) -> None:
+    """A WebSocket to no known path gets the same JSON 404 as HTTP, not a bare 403."""
+    await deny(websocket, NotFoundError("Not found"))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

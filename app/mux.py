@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livepix.images import ImageLimits
-from livepix.wire import ErrorCode, WsClose, dumps
+from livepix.wire import MAX_SEQ, ErrorCode, WsClose, dumps
 
 from .auth import Authenticator, Caller
 from .errors import ApiError, UnauthorizedError
@@ -31,7 +31,6 @@ from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
 
-MAX_SEQ = 2**63 - 1  # Redis list indexes are signed 64-bit: a larger `since` is an error there
 
 
 def _not_json(constant: str) -> NoReturn:

@@ -139,7 +139,7 @@ def _task_schemas() -> dict[str, Schema]:
             "properties": {
                 "task_type": {"const": task_type.value},
                 **{f: _PROMPT if f == "prompt" else _IMAGE for f in fields},
-                "parameters": _ref(name + "Parameters"),
+                "parameters": {"anyOf": [_ref(name + "Parameters"), {"type": "null"}]},
             },
         } | ({"anyOf": any_of} if any_of else {})
     mapping = {t.value: f"#/components/schemas/{_camel(t)}Task" for t in TaskType}

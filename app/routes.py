@@ -54,9 +54,13 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             raise PayloadTooLargeError(f"The request body is over {max_bytes // (1024 * 1024)} MB")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(b"".join(chunks), parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSONError() from None
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def links(request: Request, task_id: str) -> dict[str, str]:

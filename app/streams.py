@@ -14,7 +14,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from livepix.wire import WsClose
+from livepix.wire import MAX_SEQ, WsClose
 
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
@@ -47,7 +47,7 @@ def since_param(conn: HTTPConnection) -> int:
         since = int(raw)
     except ValueError:
         raise InvalidInputError(details={"since": ["must be a non-negative integer"]}) from None
-    if since < 0:
+    if not 0 <= since <= MAX_SEQ:
         raise InvalidInputError(details={"since": ["must be a non-negative integer"]})
     return since
 
@@ -85,11 +85,11 @@ async def events_sse(request: Request) -> Response:
         if state.terminal and since >= state.seq:
             return
         watch = Watch()
-        closer = asyncio.create_task(_close_on(shutdown, watch))
         try:
             await hub.follow(watch, task_id, since)
         except RedisError:
             return  # the client reconnects after `retry` and resumes from its last id
+        closer = asyncio.create_task(_close_on(shutdown, watch))
         try:
             while True:
                 frame = await watch.get()

@@ -4,7 +4,8 @@ A `Frame` is one event, decoded once and serialized once per api process (SSE by
 WebSocket text), whatever the number of watchers. A `Watch` is one connection's
 bounded outbox. The hub's listener calls `offer` and never waits on a client.
 
-Slow-client policy (SPEC section 4):
+Slow-client policy (SPEC section 4), counting live frames only (a follow's history is
+read at the client's pace, so it is queued whole and never coalesced):
 - below `COALESCE_AFTER` queued frames every event is kept;
 - above it, a new `progress` replaces the task's undelivered `progress` (latest wins)
   and loses its preview;
@@ -107,6 +108,7 @@ class Watch:
     coalesced: int = 0
     dropped: int = 0
     _out: deque[list[Frame]] = field(default_factory=deque)
+    _history: set[int] = field(default_factory=set)  # ids of queued slots holding history
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def begin(self, task_id: str, since: int) -> None:
@@ -120,7 +122,10 @@ class Watch:
             return
         held, follow.held = follow.held, None
         for frame in history:
-            self._put(follow, frame)
+            if frame.seq > follow.high and not follow.ended:
+                slot = [frame]
+                self._history.add(id(slot))
+                self._queue(follow, frame, slot)
         for frame in held:
             self._put(follow, frame)
 
@@ -144,7 +149,8 @@ class Watch:
     def _put(self, follow: _Follow, frame: Frame) -> None:
         if frame.seq <= follow.high or follow.ended:
             return
-        pressed = len(self._out) >= self.coalesce_after
+        live = len(self._out) - len(self._history)
+        pressed = live >= self.coalesce_after
         if frame.droppable and pressed:
             frame = frame.lean()
             if follow.progress_slot is not None:
@@ -153,17 +159,19 @@ class Watch:
                 self.coalesced += 1
                 Pressure.coalesced += 1
                 return
-            if len(self._out) >= self.max_frames:
+            if live >= self.max_frames:
                 self.dropped += 1
                 Pressure.dropped += 1
                 return
-        elif len(self._out) >= self.max_frames:
+        elif live >= self.max_frames:
             if not self.overflowed:
                 Pressure.overflowed += 1
             self.overflowed = True
             self._ready.set()
             return
-        slot = [frame]
+        self._queue(follow, frame, [frame])
+
+    def _queue(self, follow: _Follow, frame: Frame, slot: list[Frame]) -> None:
         follow.progress_slot = slot if frame.droppable else None
         follow.high = frame.seq
         follow.ended = frame.terminal
@@ -180,6 +188,7 @@ class Watch:
         if self.overflowed:
             return None
         slot = self._out.popleft()
+        self._history.discard(id(slot))
         frame = slot[0]
         follow = self.follows.get(frame.task_id)
         if follow is not None and follow.progress_slot is slot:

@@ -232,6 +232,7 @@ def order_key() -> str:
     return f"{KEY_PREFIX}:order"
 
 
+MAX_SEQ = 2**63 - 1  # Redis list indexes are signed 64-bit: a larger `since` is an error there
 WORKER_HEARTBEAT_S = 5.0
 WORKER_SEEN_S = 3 * WORKER_HEARTBEAT_S
 

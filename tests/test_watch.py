@@ -82,3 +82,12 @@ def test_a_result_frame_by_reference_drops_the_image() -> None:
     assert slim.event["result"] == {"status": "SUCCESS", "metadata": {}, "image_url": "/r.png"}
     assert f.by_reference("/r.png") is slim  # serialized once
     assert f.sse().startswith(b"id: 9\nevent: succeeded\ndata: {")
+
+
+def test_history_is_queued_whole_however_long_and_never_coalesced() -> None:
+    watch = Watch(coalesce_after=4, max_frames=8)
+    watch.begin(TASK, 0)
+    history = [frame(1, "queued"), frame(2, "started")] + [frame(s) for s in range(3, 40)]
+    watch.end_sync(TASK, history)
+    assert not watch.overflowed
+    assert [f.seq for f in drain(watch)] == list(range(1, 40))

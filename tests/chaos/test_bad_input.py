@@ -42,9 +42,7 @@ JSON = {"Content-Type": "application/json"}
 
 # Cases the api still answers wrongly, outside the input handling these tests may fix.
 # Strict xfails: once the api is fixed they fail, as a reminder to drop the entry.
-SERVER_BUGS = {
-    "nested 100000 deep": "routes.read_json lets json.loads' RecursionError through: 500",
-}
+SERVER_BUGS: dict[str, str] = {}
 
 
 def assert_json_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -140,15 +138,11 @@ def test_path_like_and_odd_task_ids_are_404_on_every_task_endpoint(stack: Stack,
             assert_json_error(response, 404, "not_found")
 
 
-# A WebSocket path that matches no route is refused by Starlette with a bare 403.
-WS_ROUTE_BUG = "main.py: no catch-all WebSocket route; an unmatched path gets a bare 403, not 404 JSON"
 
 
 def _ws_id_params() -> list[Any]:
     return [
-        pytest.param(name, id=name, marks=pytest.mark.xfail(reason=WS_ROUTE_BUG, strict=True)
-                     if "%2F" in task_id.upper() else ())
-        for name, task_id in BAD_TASK_IDS.items()
+        pytest.param(name, id=name) for name in BAD_TASK_IDS
     ]
 
 

@@ -12,7 +12,17 @@ import httpx
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed
 
-from tests.clients import API, SSEStream, assert_contiguous, png_b64, slow_removal, sse_events, submit, two_tone, ws_url
+from tests.clients import (
+    API,
+    SSEStream,
+    assert_contiguous,
+    png_b64,
+    slow_removal,
+    sse_events,
+    submit,
+    two_tone,
+    ws_url,
+)
 from tests.conftest import Process, RedisProcess, Stack
 
 

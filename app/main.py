@@ -17,7 +17,6 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from livepix.broker import make_broker
 from livepix.config import Settings, load_settings
 
 from . import routes
@@ -34,6 +33,7 @@ from .upkeep import Upkeep
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+REDIS_POOL_SIZE = 64
 API = "/api/v1"
 
 
@@ -92,15 +92,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst of requests waits for a connection (up to 2 s)
+        # instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             redis_url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=2,
             socket_keepalive=True,
             socket_connect_timeout=2,
             socket_timeout=5,
             decode_responses=True,
         )
-        broker = make_broker(redis_url)
-        tasks = TaskService(client, broker, settings)
+        client = aioredis.Redis(connection_pool=pool)
+        tasks = TaskService(client, settings)
         hub = Hub(redis_url, tasks.read_log)
         app.state.settings = settings
         app.state.auth = authenticator
@@ -116,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             upkeep_task.cancel()
             await hub.stop()
             await client.aclose()
-            broker.close()
+            await pool.aclose()
 
     return Starlette(
         routes=build_routes(),

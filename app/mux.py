@@ -67,9 +67,8 @@ class Session:
                 await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return
             try:
-                await asyncio.wait_for(
-                    self.ws.send_text(shape(frame, self.inline, self.ws).text), SEND_TIMEOUT_S
-                )
+                async with asyncio.timeout(SEND_TIMEOUT_S):  # no Task per send, unlike wait_for
+                    await self.ws.send_text(shape(frame, self.inline, self.ws).text)
                 sent(frame)
             except TimeoutError:
                 await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")

@@ -27,6 +27,8 @@ from .streams import task_id_param
 from .tasks import TaskService
 from .validation import ValidationError, validate_task
 
+INLINE_VALIDATION_BYTES = 64 * 1024  # decoding images this small takes well under 1 ms
+
 
 class NoResultError(ApiError):
     """Raised when the image of a failed or cancelled task is asked for."""
@@ -41,8 +43,9 @@ def _tasks(request: Request) -> TaskService:
     return service
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, refusing bodies over `max_bytes` before reading them all."""
+async def read_json(request: Request, max_bytes: int) -> tuple[int, Any]:
+    """(size, the request body as JSON), refusing bodies over `max_bytes` before reading
+    them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"The request body is over {max_bytes // (1024 * 1024)} MB")
@@ -54,7 +57,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             raise PayloadTooLargeError(f"The request body is over {max_bytes // (1024 * 1024)} MB")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks), parse_constant=_no_constants)
+        return size, json.loads(b"".join(chunks), parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSONError() from None
 
@@ -88,10 +91,14 @@ def links(request: Request, task_id: str) -> dict[str, str]:
 async def submit(request: Request) -> Response:
     tasks = _tasks(request)
     settings = tasks.settings
-    payload = await read_json(request, settings.max_body_bytes)
+    size, payload = await read_json(request, settings.max_body_bytes)
     limits = ImageLimits(settings.max_image_pixels, settings.max_image_side)
     try:
-        task = await anyio.to_thread.run_sync(validate_task, payload, limits)
+        if size <= INLINE_VALIDATION_BYTES:
+            # A thread hop costs more than checking a small body (docs/benchmarks.md, F4).
+            task = validate_task(payload, limits)
+        else:
+            task = await anyio.to_thread.run_sync(validate_task, payload, limits)
     except ValidationError as exc:
         raise InvalidInputError(details=exc.details) from None
     caller = writer(request)

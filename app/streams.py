@@ -164,9 +164,8 @@ async def task_ws(websocket: WebSocket) -> None:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return
             try:
-                await asyncio.wait_for(
-                    websocket.send_text(shape(frame, inline, websocket).text), SEND_TIMEOUT_S
-                )
+                async with asyncio.timeout(SEND_TIMEOUT_S):  # no Task per send, unlike wait_for
+                    await websocket.send_text(shape(frame, inline, websocket).text)
                 sent(frame)
             except TimeoutError:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")

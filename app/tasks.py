@@ -14,10 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-import anyio
-import dramatiq
 import redis.asyncio as aioredis
-from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 
 from livepix import store
@@ -26,11 +23,8 @@ from livepix.wire import (
     QUEUE_OF,
     TERMINAL_STATUSES,
     WORKER_SEEN_S,
-    ErrorCode,
-    EventType,
     Queue,
     Status,
-    TaskError,
     actor_name,
     dumps,
     log_key,
@@ -98,9 +92,8 @@ async def redis_errors() -> AsyncIterator[None]:
 class TaskService:
     """Everything the api does with tasks in Redis and on the broker."""
 
-    def __init__(self, client: aioredis.Redis, broker: RedisBroker, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
-        self.broker = broker
         self.settings = settings
         self._scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
         self.submitted: dict[str, int] = {}
@@ -110,7 +103,8 @@ class TaskService:
         return await self._scripts[call.script](keys=call.keys, args=call.args, client=client)
 
     async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
-        """Store and enqueue a validated task; returns its id and queue position.
+        """Store and enqueue a validated task, in one atomic step; returns its id and
+        queue position.
 
         Raises `TooManyTasksError` when the owner already has its cap of waiting tasks.
         """
@@ -126,6 +120,7 @@ class TaskService:
                 dumps(request.to_wire()),
                 ttl,
                 self.settings.max_queued_per_owner,
+                actor_name(request.task_type),
             )
             position = int(await self.run_script(call))
         if position == -2:
@@ -134,23 +129,6 @@ class TaskService:
                 "retry when some have started",
                 retry_after_s=5,
             )
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=queue,
-            actor_name=actor_name(request.task_type),
-            args=(task_id,),
-            kwargs={},
-            options={},
-        )
-        try:
-            # Dramatiq's enqueue is a blocking Redis call: keep it off the event loop.
-            await anyio.to_thread.run_sync(self.broker.enqueue, message)
-        except (RedisError, OSError) as exc:
-            error = TaskError(code=ErrorCode.ENQUEUE_FAILED.value, message="the task could not be queued")
-            try:
-                await self.run_script(store.finish(task_id, queue, EventType.FAILED, error["message"], ttl, error=error))
-            except RedisError:
-                log.warning("could not mark %s failed after its enqueue failed", task_id)
-            raise UnavailableError() from exc
         self.submitted[request.task_type.value] = self.submitted.get(request.task_type.value, 0) + 1
         return task_id, position
 

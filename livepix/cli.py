@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from .config import ConfigError, Settings, env_help, load_settings
 from .wire import Queue, TaskType
 
 WS_MAX_SIZE_BYTES = 64 * 1024
+GC_THRESHOLD_GEN0 = 50_000
 GRACEFUL_SHUTDOWN_S = 5
 
 
@@ -133,6 +135,12 @@ def run_api(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
     )
+    # Each connection holds hundreds of long-lived objects and each message allocates
+    # more: with the default thresholds, full collections stall the loop for 100 ms+
+    # (docs/benchmarks.md, F2). Freeze what startup built and collect less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_GEN0, 20, 100)
     server = uvicorn.Server(config)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(RedactTokens())

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .broker import encode_message, queue_list_key, queue_messages_key
 from .wire import (
     EVENT_STATUS,
     TERMINAL_EVENTS,
@@ -63,8 +64,9 @@ local function queued(state, log, chan, ttl, id, pos, eta, now)
 end
 """
 
-# KEYS: state, log, input, pending, order, owner_waiting
-# ARGV: channel, ttl, task_id, input_json, task_type, queue, owner, now, owner_cap
+# KEYS: state, log, input, pending, order, owner_waiting, broker_queue, broker_messages
+# ARGV: channel, ttl, task_id, input_json, task_type, queue, owner, now, owner_cap,
+#       redis_message_id, message
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[8]) - tonumber(ARGV[2]))
@@ -78,6 +80,9 @@ redis.call('HSET', KEYS[1], 'seq', 0, 'task_type', ARGV[5], 'queue', ARGV[6], 'o
   'created', ARGV[8], 'attempts', 0)
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
 queued(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], pos, '', ARGV[8])
+-- What RedisBroker.enqueue does (see livepix.broker), in the same atomic step.
+redis.call('HSET', KEYS[8], ARGV[10], ARGV[11])
+redis.call('RPUSH', KEYS[7], ARGV[10])
 return pos
 """
 
@@ -216,12 +221,14 @@ def submit(
     input_json: str,
     ttl_s: int,
     owner_cap: int,
+    actor: str,
 ) -> ScriptCall:
-    """Create the task, queue it in submit order and log its first `queued` event.
+    """Create the task, log its first `queued` event and enqueue its Dramatiq message.
 
     The script returns the queue position, -1 if the id is taken, or -2 if the owner
     already has `owner_cap` waiting tasks.
     """
+    message_id, message = encode_message(queue, actor, task_id)
     return ScriptCall(
         "submit",
         [
@@ -231,8 +238,13 @@ def submit(
             pending_key(queue),
             order_key(),
             owner_queue_key(owner),
+            queue_list_key(queue),
+            queue_messages_key(queue),
         ],
-        [channel(task_id), ttl_s, task_id, input_json, task_type, queue, owner, _now(), owner_cap],
+        [
+            channel(task_id), ttl_s, task_id, input_json, task_type, queue, owner, _now(),
+            owner_cap, message_id, message,
+        ],
     )
 
 

@@ -30,7 +30,8 @@ def run(client: redis.Redis, call: store.ScriptCall) -> object:
 
 def new_task(client: redis.Redis, queue: str = "cpu", owner: str = "", cap: int = 100) -> str:
     task_id = str(uuid.uuid4())
-    assert run(client, store.submit(task_id, "background_removal", queue, owner, "{}", TTL, cap)) >= 1
+    call = store.submit(task_id, "background_removal", queue, owner, "{}", TTL, cap, "process_background_removal")
+    assert run(client, call) >= 1
     return task_id
 
 
@@ -92,7 +93,7 @@ def test_a_success_teaches_the_run_time_of_its_type(client: redis.Redis) -> None
 
 def test_an_owner_may_have_only_its_cap_of_waiting_tasks(client: redis.Redis) -> None:
     first = [new_task(client, owner="alice", cap=2) for _ in range(2)]
-    refused = store.submit(str(uuid.uuid4()), "background_removal", "cpu", "alice", "{}", TTL, 2)
+    refused = store.submit(str(uuid.uuid4()), "background_removal", "cpu", "alice", "{}", TTL, 2, "process_background_removal")
     assert run(client, refused) == -2
     assert new_task(client, owner="bob", cap=2)  # other owners are not affected
     run(client, store.start(first[0], "cpu", "w", 3, TTL))  # one leaves the queue

@@ -1,7 +1,9 @@
 """Background upkeep of the api: queue positions and ETAs, and the lost-worker watchdog.
 
-Every api process runs it; each change is a store script that re-checks the task's
-state, so several api processes doing the same pass change nothing twice.
+One api process at a time does the passes: it holds a lease in Redis that it renews
+each pass, and another process takes over within `LEASE_MS` when it stops. Each change
+is still a store script that re-checks the task's state, so two processes that both
+believe they lead (a lease expiring mid-pass) change nothing twice.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import cast
 
 from redis.exceptions import RedisError
@@ -25,6 +28,7 @@ from livepix.wire import (
     running_key,
     runtime_key,
     state_key,
+    upkeep_lease_key,
     workers_key,
 )
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 POSITIONS_INTERVAL_S = 1.0
 MAX_TRACKED = 1000  # waiting tasks per queue that get position and ETA updates
 WATCHDOG_INTERVAL_S = 5.0
+LEASE_MS = 3000
 PENDING_MARGIN_S = 60.0  # fail a task still waiting this close to its expiry
 
 
@@ -50,12 +55,23 @@ class Upkeep:
         # stale; a task not re-started this long after its worker vanished is failed.
         self.lost_after_s = float(tasks.settings.worker_lost_after_s)
         self.lost = 0
+        self.id = uuid.uuid4().hex
+
+    async def lead(self) -> bool:
+        """Take or renew the upkeep lease; False while another api process holds it."""
+        key = upkeep_lease_key()
+        if await self.client.get(key) == self.id:
+            await self.client.pexpire(key, LEASE_MS)
+            return True
+        return bool(await self.client.set(key, self.id, nx=True, px=LEASE_MS))
 
     async def run(self) -> None:
         last_watchdog = 0.0
         while True:
             await asyncio.sleep(POSITIONS_INTERVAL_S)
             try:
+                if not await self.lead():
+                    continue
                 for queue in Queue:
                     await self.requeue(queue)
                 if time.monotonic() - last_watchdog >= WATCHDOG_INTERVAL_S:

@@ -227,6 +227,11 @@ def owner_queue_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:waiting"
 
 
+def upkeep_lease_key() -> str:
+    """String: the id of the api process doing the upkeep passes, with a short TTL."""
+    return f"{KEY_PREFIX}:upkeep:lease"
+
+
 def order_key() -> str:
     """Counter giving each submitted task its place in its queue."""
     return f"{KEY_PREFIX}:order"

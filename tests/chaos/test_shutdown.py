@@ -118,3 +118,22 @@ def test_submits_while_redis_is_down_get_503_with_retry_after(tmp_path: Any, dat
     finally:
         stack.stop()
         server.stop()
+
+
+def test_positions_keep_moving_when_an_api_process_stops(new_stack: Stack) -> None:
+    first = new_stack.add_api()
+    second = new_stack.add_api()
+    body = {"task_type": "background_removal", "image": png_b64(two_tone())}
+    ids = [submit(second, body) for _ in range(3)]
+    api_process(new_stack, first).stop()  # it may have held the upkeep lease
+    httpx.post(f"{second}{API}/tasks/{ids[0]}/cancel/")
+    stream = SSEStream(second, ids[2])
+    deadline = time.monotonic() + 15
+    positions = []
+    while (event := stream.next_event()) is not None:
+        positions.append(event.get("position"))
+        if event.get("position") == 2:
+            break
+        assert time.monotonic() < deadline, positions
+    stream.close()
+    assert positions[0] == 3 and positions[-1] == 2

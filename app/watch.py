@@ -109,7 +109,9 @@ class Watch:
     dropped: int = 0
     _out: deque[list[Frame]] = field(default_factory=deque)
     _history: set[int] = field(default_factory=set)  # ids of queued slots holding history
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # A Future only while `get` waits: an asyncio.Event per idle connection would cost
+    # a deque (~0.8 KB) each (docs/benchmarks.md, F7).
+    _waiter: asyncio.Future[None] | None = None
 
     def begin(self, task_id: str, since: int) -> None:
         """Start following `task_id` after `since`; live frames wait for `end_sync`."""
@@ -167,7 +169,7 @@ class Watch:
             if not self.overflowed:
                 Pressure.overflowed += 1
             self.overflowed = True
-            self._ready.set()
+            self._wake()
             return
         self._queue(follow, frame, [frame])
 
@@ -176,15 +178,23 @@ class Watch:
         follow.high = frame.seq
         follow.ended = frame.terminal
         self._out.append(slot)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> Frame | None:
         """The next frame to send; None once the watch overflowed (close it as too slow)."""
         while not self._out:
             if self.overflowed:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if self.overflowed:
             return None
         slot = self._out.popleft()
@@ -201,12 +211,12 @@ class Watch:
             self.overflowed = True
         else:
             self._out.append([frame])
-        self._ready.set()
+        self._wake()
 
     def fail(self) -> None:
         """Close this watch's connection: its client must resume from its last seq."""
         self.overflowed = True
-        self._ready.set()
+        self._wake()
 
     def pending(self) -> int:
         return len(self._out)

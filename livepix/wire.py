@@ -89,7 +89,6 @@ class ErrorCode(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
-    ENQUEUE_FAILED = "enqueue_failed"
 
 
 class TaskError(TypedDict):

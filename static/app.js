@@ -35,7 +35,7 @@ const ERROR_HINTS = { // failed events' error codes in plain words
   engine_unavailable: 'This server cannot run this kind of task.',
   no_face_detected: 'No face was found in the image.', out_of_memory: 'The server ran out of memory.',
   timeout: 'The task took too long.', worker_lost: 'The worker running the task stopped.',
-  invalid_image: 'The image could not be used.', enqueue_failed: 'The task could not be queued.',
+  invalid_image: 'The image could not be used.',
 };
 const FIELD_LABELS = {
   image: 'Image', target_image: 'Target picture', mask: 'Mask', prompt: 'Prompt',

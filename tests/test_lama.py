@@ -177,6 +177,11 @@ def test_a_model_url_is_fetched_once_into_the_data_dir(
     metadata = check_removed(events[-1], 3)
     assert metadata["method"] == "lama" and metadata["model_loads"] == 1
     assert any("Fetching the LaMa model" in e.get("message", "") for e in events)
+    size_mb = f"{tiny_lama.stat().st_size / 1_000_000:.1f} MB"
+    # The download's bytes are reported, as they arrive, in the task's own events.
+    assert any(e.get("message", "").endswith(f"{size_mb} of {size_mb}") for e in events), [
+        e.get("message") for e in events
+    ]
     fetched = data / "models" / "lama" / tiny_lama.name
     assert fetched.read_bytes() == tiny_lama.read_bytes()
     assert not list(fetched.parent.glob("*.part"))

@@ -24,6 +24,7 @@ from livepix.config import Settings
 from ..errors import ModelUnavailableError, OutOfMemoryError
 from . import Report
 from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
+from .download import Progress
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ def fetch(url: str, settings: Settings, report: Report) -> Path:
             urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response,
             open(partial, "wb") as out,
         ):
+            progress = Progress(report, f"the LaMa model {name}", 6, 8)
+            length = response.headers.get("Content-Length")
+            progress.total = int(length) if length and length.isdigit() else None
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+                progress.advance(len(chunk))
         os.replace(partial, target)
     except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
         partial.unlink(missing_ok=True)

@@ -583,11 +583,13 @@ class Publisher:
     """A `bench.publisher` process: ready, then `go`, then its `done` report."""
 
     def __init__(self, stack: Stack, tasks: Sequence[str], rate: float, seconds: float,
-                 via: str = "store", log: bool = False) -> None:
+                 via: str = "store", log: bool = False, preview_bytes: int = 0) -> None:
         argv = [sys.executable, "-m", "bench.publisher", "--redis", stack.redis_url, "--tasks", ",".join(tasks),
                 "--rate", str(rate), "--seconds", str(seconds), "--via", via]
         if log:
             argv.append("--log")
+        if preview_bytes:
+            argv += ["--preview-bytes", str(preview_bytes)]
         self.child = stack.spawn("publisher", argv, stdin=True, stdout_pipe=True)
         self.seconds = seconds
         self._buf = bytearray()

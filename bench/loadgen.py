@@ -13,7 +13,9 @@ only. Kinds:
 
 Driven by one-line commands on stdin, each answered by one JSON line on stdout:
 `reset` (zero the counters), `report` (counters, latency histogram), `stall F` (stop
-reading on a fraction F of the connections), `quit`. The process exits by itself after
+reading on a fraction F of the connections; the answer lists their local ports),
+`unstall` (read again on them), `stalled` (what became of them: closed by the server,
+with which WebSocket close code, still open), `quit`. The process exits by itself after
 --max-seconds whatever happens.
 
 Latency is measured from the `t_pub` field that bench.publisher puts in each event
@@ -120,6 +122,9 @@ class Conn(asyncio.Protocol):
         self.open = False
         self.last_seq = 0
         self.stalled = False
+        self.received = 0  # events on this connection
+        self.lost = False  # the TCP connection ended
+        self.close_code: int | None = None  # WebSocket close code from the server; -1: SSE stream ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -127,6 +132,7 @@ class Conn(asyncio.Protocol):
         STATS.bytes_out += len(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if not self.established.done():
             self.established.set_exception(ConnectionError(f"closed before established: {exc}"))
         elif self.open:
@@ -253,6 +259,7 @@ class WS(Conn):
             elif opcode == 9:
                 self.send(10, bytes(payload))
             elif opcode == 8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 self.send(8, bytes(payload[:2]))
                 self.open = False
                 STATS.closed += 1
@@ -270,6 +277,7 @@ class WS(Conn):
     def on_message(self, payload: bytes | bytearray) -> None:
         if not self.established.done():
             self.established.set_result(None)
+        self.received += 1
         if STATS.recording:
             STATS.msgs += 1
             STATS.latency(payload)
@@ -361,6 +369,7 @@ class SSE(Conn):
             size = int(raw[pos:nl].split(b";", 1)[0], 16)
             pos = nl + 2
             if size == 0:
+                self.close_code = -1
                 self.open = False
                 STATS.closed += 1
                 if self.transport is not None:
@@ -383,14 +392,19 @@ class SSE(Conn):
             block = text[start:j]
             start = j + step
             if b"data:" in block:
-                if not self.established.done():
-                    self.established.set_result(None)
-                if STATS.recording:
-                    STATS.msgs += 1
-                    STATS.latency(block)
-                _check_seq(self, block)
+                self.on_event(block)
         if start:
             del text[:start]
+
+    def on_event(self, block: bytes | bytearray) -> None:
+        """One SSE event (its `id:`/`event:`/`data:` lines)."""
+        if not self.established.done():
+            self.established.set_result(None)
+        self.received += 1
+        if STATS.recording:
+            STATS.msgs += 1
+            STATS.latency(block)
+        _check_seq(self, block)
 
 
 # --- polling ----------------------------------------------------------------------------
@@ -583,11 +597,32 @@ async def main(args: argparse.Namespace) -> None:
         elif cmd == "stall":
             fraction = float(arg or "0.05")
             count = int(round(len(conns) * fraction))
+            ports = []
             for c in conns[:count]:
                 if c.transport is not None:
                     c.transport.pause_reading()
                     c.stalled = True
-            emit({"op": "stall", "stalled": count})
+                    c.received = 0
+                    sockname = c.transport.get_extra_info("sockname")
+                    if sockname:
+                        ports.append(sockname[1])
+            emit({"op": "stall", "stalled": count, "ports": ports})
+        elif cmd == "unstall":
+            count = 0
+            for c in conns:
+                if c.stalled and c.transport is not None and not c.transport.is_closing():
+                    c.transport.resume_reading()
+                    count += 1
+            emit({"op": "unstall", "resumed": count})
+        elif cmd == "stalled":
+            mine = [c for c in conns if c.stalled]
+            codes: dict[str, int] = {}
+            for c in mine:
+                if c.close_code is not None:
+                    codes[str(c.close_code)] = codes.get(str(c.close_code), 0) + 1
+            emit({"op": "stalled", "stalled": len(mine), "lost": sum(c.lost for c in mine),
+                  "open": sum(1 for c in mine if not c.lost), "close_codes": codes,
+                  "received": sum(c.received for c in mine)})
     for p in pollers:
         p.cancel()
     for c in conns:

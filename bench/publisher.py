@@ -10,6 +10,10 @@ Events go out at a fixed rate on an absolute schedule (no drift), round-robin ov
 tasks, for a fixed time. Each carries `t_pub` = time.time() taken just before the
 Redis call (microseconds; the event's own `ts` is rounded to the millisecond).
 
+`--preview-bytes N` adds a `preview` of N base64 characters to every event, the way
+image_generation's progress events carry a small JPEG (bench.slow uses it to fill a
+stalled client's socket buffers within the run).
+
 Protocol: prints {"op":"ready"} once connected, waits for a `go` line on stdin,
 publishes, prints {"op":"done", ...} and exits.
 """
@@ -32,7 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--via", choices=("store", "socketio"), default="store")
     parser.add_argument("--log", action="store_true", help="report [seq, t_pub] of every event")
     parser.add_argument("--no-wait", action="store_true", help="start at once, without waiting for `go`")
+    parser.add_argument("--preview-bytes", type=int, default=0,
+                        help="add a base64 `preview` of this many characters to every event (0: none)")
     args = parser.parse_args(argv)
+    preview = None
+    if args.preview_bytes > 0:
+        import base64
+        import os
+
+        preview = base64.b64encode(os.urandom(args.preview_bytes)).decode()[: args.preview_bytes]
 
     tasks = args.tasks.split(",")
     total = 50
@@ -50,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             step = i % total + 1
             t_pub = round(time.time(), 6)
             call = store.progress(task, 2 * step - 1, f"Denoising step {step}/{total}", 3600,
-                                  step=step, total=total, eta_s=round((total - step) * 0.2, 1), t_pub=t_pub)
+                                  step=step, total=total, eta_s=round((total - step) * 0.2, 1), t_pub=t_pub,
+                                  preview=preview)
             seq, _cancel = recorder._run(call)  # noqa: SLF001 - exactly what Recorder.progress does
             return int(seq), t_pub
     else:
@@ -67,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                      "ts": round(time.time(), 3), "step": step, "total": total,
                      "eta_s": round((total - step) * 0.2, 1)}
             event["t_pub"] = round(time.time(), 6)
+            if preview:
+                event["preview"] = preview
             manager.emit("progress", event, room=task)
             return seqs[task], event["t_pub"]
 

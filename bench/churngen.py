@@ -40,6 +40,7 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .loadgen import HOST, SSE, WS, Conn
@@ -261,7 +262,7 @@ class Churner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.loop = asyncio.get_running_loop()
-        self.tasks = args.tasks.split(",")
+        self.tasks: list[str] = args.tasks.split(",")
         per_task = [int(x) for x in args.per_task.split(",")]
         # watcher i of the whole run follows task t; this process takes every --procs-th
         assignment = [t for i, t in enumerate(self.tasks) for _ in range(per_task[i % len(per_task)])]
@@ -288,19 +289,21 @@ class Churner:
         return w.task
 
     # ws / sse ------------------------------------------------------------------------
+    def factory(self, w: Watcher) -> Callable[[], ChurnWS | ChurnSSE]:
+        """The protocol factory of `w`'s next connection (resuming after its last seq)."""
+        path, since, port = self.path(w), w.last_seq, self.args.port
+        if self.args.kind == "ws":
+            return lambda: ChurnWS(path, port, w)
+        return lambda: ChurnSSE(path, port, w, since)
+
     async def join_conn(self, w: Watcher) -> bool:
         async with self.sem:
             for attempt in range(3):
                 w.t_join = time.time()
                 w.first_pending = True
                 try:
-                    if self.args.kind == "ws":
-                        _, conn = await asyncio.wait_for(self.loop.create_connection(
-                            lambda: ChurnWS(self.path(w), self.args.port, w), HOST, self.args.port), 10)
-                    else:
-                        _, conn = await asyncio.wait_for(self.loop.create_connection(
-                            lambda since=w.last_seq: ChurnSSE(self.path(w), self.args.port, w, since),
-                            HOST, self.args.port), 10)
+                    _, conn = await asyncio.wait_for(
+                        self.loop.create_connection(self.factory(w), HOST, self.args.port), 10)
                     await asyncio.wait_for(conn.opened, 10)
                     w.conn = conn
                     w.live = True

@@ -90,18 +90,23 @@ class Hub:
         """
         name = channel(task_id)
         ch = self._channels.get(name)
+        new = ch is None
         if ch is None:
             ch = self._channels[name] = _Channel(task_id)
-            await self._send("subscribe", name, ch)
+        # Registered before any await: a follower cancelled (client gone) or failing
+        # half-way is unfollowed below, and leaves no watch or channel behind.
         ch.watches.add(watch)
         watch.begin(task_id, since)
         try:
-            await asyncio.wait_for(asyncio.shield(ch.ready), SUBSCRIBE_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("subscribe to %s not confirmed yet; the reconnect replay will cover it", task_id)
-        try:
+            if new:
+                await self._send("subscribe", name, ch)
+            try:
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                    await asyncio.shield(ch.ready)
+            except TimeoutError:
+                log.warning("subscribe to %s not confirmed yet; the reconnect replay will cover it", task_id)
             history = [Frame.parse(text) for text in await self._read_log(task_id, since)]
-        except RedisError:
+        except BaseException:
             self.unfollow(watch, task_id)
             raise
         watch.end_sync(task_id, history)

@@ -51,8 +51,7 @@ class Session:
         self.caller: Caller = websocket.state.caller
         self.watch = Watch()
         self.inline = inline_param(websocket)
-        self._followers: set[asyncio.Task[None]] = set()
-        self._joining: set[str] = set()
+        self._joining: dict[str, asyncio.Task[None]] = {}
 
     def say(self, **fields: Any) -> None:
         self.watch.say(_reply(**fields))
@@ -116,6 +115,9 @@ class Session:
         elif name == "unsubscribe":
             task_id = self._task_id(op)
             if task_id is not None:
+                joining = self._joining.pop(task_id, None)
+                if joining is not None:
+                    joining.cancel()  # its follow unfollows itself
                 self.hub.unfollow(self.watch, task_id)
                 self.say(op="unsubscribed", task_id=task_id)
         elif name == "cancel":
@@ -147,10 +149,7 @@ class Session:
         if task_id in self.watch.follows or task_id in self._joining:
             return  # already subscribed: harmless, and never delivers twice
         # Follow in the background: history reads must not stall this socket's ops.
-        self._joining.add(task_id)
-        follower = asyncio.create_task(self._follow(task_id, since))
-        self._followers.add(follower)
-        follower.add_done_callback(self._followers.discard)
+        self._joining[task_id] = asyncio.create_task(self._follow(task_id, since))
 
     async def _follow(self, task_id: str, since: int) -> None:
         try:
@@ -158,7 +157,9 @@ class Session:
         except RedisError:
             self.error(ErrorCode.UNAVAILABLE.value, "storage unavailable; subscribe again", task_id=task_id)
         finally:
-            self._joining.discard(task_id)
+            # An unsubscribe may have replaced or removed this join already.
+            if self._joining.get(task_id) is asyncio.current_task():
+                del self._joining[task_id]
 
     async def cancel(self, task_id: str) -> None:
         try:
@@ -195,8 +196,11 @@ class Session:
         await self.subscribe(task_id, 0)
 
     async def close(self) -> None:
-        for follower in list(self._followers):
-            follower.cancel()
+        joins = list(self._joining.values())
+        self._joining.clear()
+        for join in joins:
+            join.cancel()
+        await asyncio.gather(*joins, return_exceptions=True)  # each unfollows itself
         self.hub.unfollow_all(self.watch)
 
 

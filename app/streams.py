@@ -86,7 +86,7 @@ async def events_sse(request: Request) -> Response:
             return
         watch = Watch()
         try:
-            await hub.follow(watch, task_id, since)
+            await hub.follow(watch, task_id, since)  # unfollows itself if it fails
         except RedisError:
             return  # the client reconnects after `retry` and resumes from its last id
         closer = asyncio.create_task(_close_on(shutdown, watch))

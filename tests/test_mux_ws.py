@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
+import httpx
 import websockets.sync.client as ws_client
 
 from tests.clients import assert_contiguous, png_b64, sse_events, submit, two_tone, ws_url
@@ -90,3 +92,33 @@ def test_cancel_over_ws(new_stack: Stack) -> None:
     assert reply["cancelled"] is True
     event = next(r for r in replies if r.get("type") == "cancelled")
     assert event["seq"] == 2 and event["status"] == "REVOKED"
+
+
+def test_unsubscribe_while_joining_stops_the_task_and_a_resubscribe_works(new_stack: Stack) -> None:
+    base = new_stack.add_api()  # no worker: the tasks wait, each with one queued event
+    ids = [submit(base, task()) for _ in range(20)]
+    with ws_client.connect(ws_url(base, "/ws")) as ws:
+        for task_id in ids:  # subscribe then unsubscribe at once, before the join completes
+            ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+            ws.send(json.dumps({"op": "unsubscribe", "task_id": task_id}))
+        for task_id in ids[:10]:  # and subscribe again to half of them
+            ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+        ws.send(json.dumps({"op": "ping"}))
+        messages = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                messages.append(json.loads(ws.recv(timeout=0.5)))
+            except TimeoutError:
+                pass
+        metrics = httpx.get(base + "/api/v1/metrics").text
+        assert "livepix_watches 10\n" in metrics  # the unsubscribed joins left nothing behind
+    deadline = time.monotonic() + 5  # the server sees the close a moment later
+    while "livepix_watches 0\n" not in httpx.get(base + "/api/v1/metrics").text:
+        assert time.monotonic() < deadline, "watches left behind after the socket closed"
+        time.sleep(0.1)
+    events = [m for m in messages if "type" in m]
+    again = {e["task_id"] for e in events if e["type"] == "queued"}
+    assert set(ids[:10]) <= again  # every re-subscribed task got its history
+    for task_id in ids[:10]:
+        assert [e["seq"] for e in events if e["task_id"] == task_id][-1:] == [1]

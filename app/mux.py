@@ -52,6 +52,8 @@ class Session:
         self.watch = Watch()
         self.inline = inline_param(websocket)
         self._joining: dict[str, asyncio.Task[None]] = {}
+        # The last seq this socket sent per task: a repeated subscribe never re-sends.
+        self._sent: dict[str, int] = {}
 
     def say(self, **fields: Any) -> None:
         self.watch.say(_reply(**fields))
@@ -69,6 +71,8 @@ class Session:
                 async with asyncio.timeout(SEND_TIMEOUT_S):  # no Task per send, unlike wait_for
                     await self.ws.send_text(shape(frame, self.inline, self.ws).text)
                 sent(frame)
+                if frame.seq:
+                    self._sent[frame.task_id] = frame.seq
             except TimeoutError:
                 await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return
@@ -142,12 +146,15 @@ class Session:
 
     async def subscribe(self, task_id: str, since: int) -> None:
         try:
-            await self.tasks.get(task_id, self.caller)
+            state = await self.tasks.get(task_id, self.caller)
         except ApiError as exc:
             self.error(exc.code.value, exc.message, task_id=task_id)
             return
         if task_id in self.watch.follows or task_id in self._joining:
             return  # already subscribed: harmless, and never delivers twice
+        since = max(since, self._sent.get(task_id, 0))
+        if state.terminal and since >= state.seq:
+            return  # this socket already has every event of the finished task
         # Follow in the background: history reads must not stall this socket's ops.
         self._joining[task_id] = asyncio.create_task(self._follow(task_id, since))
 

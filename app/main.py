@@ -26,6 +26,7 @@ from .hub import Hub
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
+from .stalls import Stalls
 from .streams import deny, events_sse, task_ws
 from .tasks import TaskService
 from .upkeep import Upkeep
@@ -110,14 +111,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.auth = authenticator
         app.state.tasks = tasks
         app.state.hub = hub
+        stalls = Stalls()
+        app.state.stalls = stalls
         await hub.start()
         upkeep = Upkeep(tasks)
         app.state.upkeep = upkeep
         upkeep_task = asyncio.create_task(upkeep.run(), name="livepix-upkeep")
+        stalls_task = asyncio.create_task(stalls.run(), name="livepix-stalls")
         try:
             yield
         finally:
             upkeep_task.cancel()
+            stalls_task.cancel()
             await hub.stop()
             await client.aclose()
             await pool.aclose()

@@ -64,7 +64,7 @@ async def metrics(request: Request) -> Response:
         _line("livepix_tasks_lost_total", request.app.state.upkeep.lost, "tasks failed worker_lost by this api's watchdog", "counter"),
         _line("livepix_progress_coalesced_total", Pressure.coalesced, "progress events replaced by a newer one for a slow client", "counter"),
         _line("livepix_progress_dropped_total", Pressure.dropped, "progress events dropped for a full outbox", "counter"),
-        _line("livepix_slow_clients_closed_total", Pressure.overflowed, "connections closed as too slow", "counter"),
+        _line("livepix_slow_clients_closed_total", Pressure.overflowed + Pressure.stalled, "connections closed as too slow (outbox full or a send blocked past the timeout)", "counter"),
         DELIVERY_LATENCY.render("livepix_delivery_latency_seconds", "publish (event ts) to hand-over to the client socket"),
     ]
     submitted = "".join(

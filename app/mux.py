@@ -24,7 +24,8 @@ from .auth import Authenticator, Caller
 from .errors import ApiError, UnauthorizedError
 from .hub import Hub
 from .metrics import sent
-from .streams import SEND_TIMEOUT_S, close, inline_param, run_until_first_done, shape
+from .stalls import Stalls
+from .streams import close, inline_param, run_until_first_done, shape
 from .tasks import TaskService
 from .validation import ValidationError, json_problem, validate_task
 from .watch import Frame, Watch
@@ -48,6 +49,7 @@ class Session:
         self.ws = websocket
         self.tasks: TaskService = websocket.app.state.tasks
         self.hub: Hub = websocket.app.state.hub
+        self.stalls: Stalls = websocket.app.state.stalls
         self.caller: Caller = websocket.state.caller
         self.watch = Watch()
         self.inline = inline_param(websocket)
@@ -62,22 +64,22 @@ class Session:
         self.say(op="error", code=code, error=message, **about)
 
     async def send_loop(self) -> None:
-        while True:
-            frame = await self.watch.get()
-            if frame is None:
-                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                return
-            try:
-                async with asyncio.timeout(SEND_TIMEOUT_S):  # no Task per send, unlike wait_for
-                    await self.ws.send_text(shape(frame, self.inline, self.ws).text)
-                sent(frame)
-                if frame.seq:
-                    self._sent[frame.task_id] = frame.seq
-            except TimeoutError:
-                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                return
-            if frame.terminal:
-                self.hub.unfollow(self.watch, frame.task_id)
+        with self.stalls.sender() as sender:
+            while True:
+                frame = await self.watch.get()
+                if frame is None:
+                    await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                    return
+                try:
+                    await sender.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
+                    sent(frame)
+                    if frame.seq:
+                        self._sent[frame.task_id] = frame.seq
+                except TimeoutError:
+                    await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                    return
+                if frame.terminal:
+                    self.hub.unfollow(self.watch, frame.task_id)
 
     async def receive_loop(self) -> None:
         while True:

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Mapping
 
 import anyio
 from redis.exceptions import RedisError
-from sse_starlette.sse import EventSourceResponse
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livepix.wire import MAX_SEQ, WsClose
@@ -19,8 +20,9 @@ from livepix.wire import MAX_SEQ, WsClose
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
 from .metrics import sent
+from .stalls import SEND_TIMEOUT_S, Stalls
 from .tasks import TaskService
-from .watch import Frame, Watch
+from .watch import Frame, Pressure, Watch
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,6 @@ SSE_RETRY_MS = 2000
 SSE_RESUME_MS = 500  # the hint sent when the server ends a stream early
 SSE_SHUTDOWN_GRACE_S = 2.0  # under uvicorn's graceful shutdown timeout (5 s)
 SSE_PING_S = 15
-SEND_TIMEOUT_S = 10.0
 
 
 def task_id_param(conn: HTTPConnection) -> str:
@@ -76,7 +77,7 @@ async def events_sse(request: Request) -> Response:
         if exc.status_code < 500:
             raise
         # A browser's EventSource gives up for good on a non-200: ask it to retry.
-        return EventSourceResponse(_retry_only(), headers=_SSE_HEADERS)
+        return EventStream(_retry_only(), headers=_SSE_HEADERS)
 
     shutdown = anyio.Event()
 
@@ -106,7 +107,7 @@ async def events_sse(request: Request) -> Response:
             closer.cancel()
             hub.unfollow(watch, task_id)
 
-    return EventSourceResponse(
+    return EventStream(
         stream(),
         ping=SSE_PING_S,
         send_timeout=SEND_TIMEOUT_S,
@@ -114,6 +115,17 @@ async def events_sse(request: Request) -> Response:
         shutdown_event=shutdown,
         shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,
     )
+
+
+class EventStream(EventSourceResponse):
+    """sse-starlette's response; a stream whose send stays blocked past the send timeout
+    ends as too slow, and is counted, instead of raising into the server's log."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            Pressure.stalled += 1
 
 
 async def _close_on(event: anyio.Event, watch: Watch) -> None:
@@ -138,6 +150,7 @@ async def deny(websocket: WebSocket, exc: ApiError) -> None:
 async def task_ws(websocket: WebSocket) -> None:
     tasks: TaskService = websocket.app.state.tasks
     hub: Hub = websocket.app.state.hub
+    stalls: Stalls = websocket.app.state.stalls
     try:
         task_id = task_id_param(websocket)
         since = since_param(websocket)
@@ -158,21 +171,21 @@ async def task_ws(websocket: WebSocket) -> None:
         except RedisError:
             await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
-        while True:
-            frame = await watch.get()
-            if frame is None:
-                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                return
-            try:
-                async with asyncio.timeout(SEND_TIMEOUT_S):  # no Task per send, unlike wait_for
-                    await websocket.send_text(shape(frame, inline, websocket).text)
-                sent(frame)
-            except TimeoutError:
-                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                return
-            if frame.terminal:
-                await close(websocket, WsClose.DONE)
-                return
+        with stalls.sender() as sender:
+            while True:
+                frame = await watch.get()
+                if frame is None:
+                    await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                    return
+                try:
+                    await sender.send(websocket.send_text(shape(frame, inline, websocket).text))
+                    sent(frame)
+                except TimeoutError:
+                    await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                    return
+                if frame.terminal:
+                    await close(websocket, WsClose.DONE)
+                    return
 
     try:
         await run_until_first_done(send(), drain(websocket))

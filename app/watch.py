@@ -33,7 +33,8 @@ class Pressure:
 
     coalesced = 0
     dropped = 0
-    overflowed = 0
+    overflowed = 0  # outbox full: closed as too slow
+    stalled = 0  # one send blocked past the send timeout: closed as too slow
 
 
 @dataclass(slots=True, eq=False)

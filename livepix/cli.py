@@ -8,16 +8,28 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, Settings, env_help, load_settings
 from .wire import Queue, TaskType
 
+if TYPE_CHECKING:
+    import uvicorn
+
 WS_MAX_SIZE_BYTES = 64 * 1024
 GC_THRESHOLD_GEN0 = 50_000
 GRACEFUL_SHUTDOWN_S = 5
+# A client that stops reading keeps its socket, and megabytes of kernel buffers, for as
+# long as it stays connected (docs/benchmarks.md, F9). The kernel aborts a connection
+# whose data stays unacknowledged this long, zero-window probes included...
+TCP_USER_TIMEOUT_MS = 30_000
+# ... and with a capped send buffer (no autotuning; the kernel doubles it) a send blocks,
+# and the 10 s send timeout starts, after ~0.5 MB instead of ~4 MB.
+SEND_BUFFER_BYTES = 256 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,8 +156,17 @@ def run_api(settings: Settings) -> int:
     server = uvicorn.Server(config)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(RedactTokens())
-    server.run()
+    server.run(sockets=[listening_socket(config)])
     return 0
+
+
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """uvicorn's socket, with options that accepted connections inherit."""
+    sock = config.bind_socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    return sock
 
 
 def run_worker(settings: Settings, queues: str, threads: int | None) -> int:

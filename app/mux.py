@@ -64,22 +64,21 @@ class Session:
         self.say(op="error", code=code, error=message, **about)
 
     async def send_loop(self) -> None:
-        with self.stalls.sender() as sender:
-            while True:
-                frame = await self.watch.get()
-                if frame is None:
-                    await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                    return
-                try:
-                    await sender.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
-                    sent(frame)
-                    if frame.seq:
-                        self._sent[frame.task_id] = frame.seq
-                except TimeoutError:
-                    await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                    return
-                if frame.terminal:
-                    self.hub.unfollow(self.watch, frame.task_id)
+        while True:
+            frame = await self.watch.get()
+            if frame is None:
+                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                return
+            try:
+                await self.stalls.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
+                sent(frame)
+                if frame.seq:
+                    self._sent[frame.task_id] = frame.seq
+            except TimeoutError:
+                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
+                return
+            if frame.terminal:
+                self.hub.unfollow(self.watch, frame.task_id)
 
     async def receive_loop(self) -> None:
         while True:

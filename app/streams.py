@@ -6,13 +6,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livepix.wire import MAX_SEQ, WsClose
@@ -22,7 +23,7 @@ from .hub import Hub
 from .metrics import sent
 from .stalls import SEND_TIMEOUT_S, Stalls
 from .tasks import TaskService
-from .watch import Frame, Pressure, Watch
+from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ async def events_sse(request: Request) -> Response:
 
     return EventStream(
         stream(),
+        stalls=request.app.state.stalls,
         ping=SSE_PING_S,
-        send_timeout=SEND_TIMEOUT_S,
         headers=_SSE_HEADERS,
         shutdown_event=shutdown,
         shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,
@@ -118,14 +119,31 @@ async def events_sse(request: Request) -> Response:
 
 
 class EventStream(EventSourceResponse):
-    """sse-starlette's response; a stream whose send stays blocked past the send timeout
-    ends as too slow, and is counted, instead of raising into the server's log."""
+    """sse-starlette's response, with its per-message send timeout enforced by the
+    process's stall check (`stalls`) instead of an anyio cancel scope per message. A
+    stream whose send stays blocked past the timeout ends as too slow, quietly: the
+    client resumes from its last id."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, stalls: Stalls | None = None, **options: Any) -> None:
+        super().__init__(content, send_timeout=SEND_TIMEOUT_S, **options)
+        self._stalls = stalls
+
+    # Overrides sse-starlette's private per-message hook (3.7). Were it renamed, its own
+    # timeout would apply again: the same behaviour at a higher cost per message.
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self._stalls is None:
+            await super()._send_with_timeout(send, message)
+            return
+        try:
+            await self._stalls.send(send(message))
+        except TimeoutError:
+            raise SendTimeoutError() from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
-            Pressure.stalled += 1
+            pass  # counted by the stall check; uvicorn closes the connection
 
 
 async def _close_on(event: anyio.Event, watch: Watch) -> None:
@@ -171,21 +189,20 @@ async def task_ws(websocket: WebSocket) -> None:
         except RedisError:
             await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
-        with stalls.sender() as sender:
-            while True:
-                frame = await watch.get()
-                if frame is None:
-                    await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                    return
-                try:
-                    await sender.send(websocket.send_text(shape(frame, inline, websocket).text))
-                    sent(frame)
-                except TimeoutError:
-                    await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                    return
-                if frame.terminal:
-                    await close(websocket, WsClose.DONE)
-                    return
+        while True:
+            frame = await watch.get()
+            if frame is None:
+                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                return
+            try:
+                await stalls.send(websocket.send_text(shape(frame, inline, websocket).text))
+                sent(frame)
+            except TimeoutError:
+                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
+                return
+            if frame.terminal:
+                await close(websocket, WsClose.DONE)
+                return
 
     try:
         await run_until_first_done(send(), drain(websocket))

@@ -14,8 +14,11 @@ from typing import Any
 
 import httpx
 import psutil
+import redis
 import websockets.sync.client as ws_client
 
+from actors.recorder import Recorder
+from livepix.config import load_settings
 from tests.clients import (
     API,
     SSEStream,
@@ -163,6 +166,31 @@ def test_a_stalled_sse_client_is_let_go_and_others_are_not_slowed(stack: Stack) 
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_stalled_sse_stream_ends_once_a_send_blocks_past_the_timeout(new_stack: Stack) -> None:
+    url = new_stack.add_api()
+    task_id = submit(url, {"task_type": "image_generation", "prompt": "a stalled reader"})
+    # The test plays the worker (there is none): the real Recorder writes the events.
+    recorder = Recorder(redis.Redis.from_url(new_stack.redis_url), load_settings(), "test-worker")
+    assert recorder.start(task_id, "gpu") > 0
+    closed_before = slow_clients_closed(url)
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET {API}/tasks/{task_id}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    try:
+        time.sleep(1)  # joined
+        for step in range(40):  # ~1.3 MB of previews: more than the socket's buffers take
+            recorder.progress(task_id, step, "Denoising", preview="A" * 32768)
+        deadline = time.monotonic() + 30
+        while slow_clients_closed(url) == closed_before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert slow_clients_closed(url) == closed_before + 1
+        assert "Traceback" not in new_stack.logs()
+    finally:
+        sock.close()
 
 
 def test_redis_restart_while_a_watcher_waits_leaves_no_gap(

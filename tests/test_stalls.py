@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from app.stalls import Stalls
 from app.watch import Pressure
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def test_a_send_blocked_past_the_limit_raises_timeout_and_counts() -> None:
@@ -21,57 +18,50 @@ def test_a_send_blocked_past_the_limit_raises_timeout_and_counts() -> None:
         before = Pressure.stalled
 
         async def sender() -> None:
-            with stalls.sender() as s:
-                await s.send(asyncio.sleep(0))  # a send that does not block
-                await s.send(blocked)
+            await stalls.send(asyncio.sleep(0))  # a send that does not block
+            await stalls.send(blocked)
 
         task = asyncio.create_task(sender())
         await asyncio.sleep(0.01)
-        assert stalls.check(asyncio.get_running_loop().time()) == 0  # not late yet
+        assert stalls.check(time.monotonic()) == 0  # not late yet
         await asyncio.sleep(0.1)
-        assert stalls.check(asyncio.get_running_loop().time()) == 1
+        assert stalls.check(time.monotonic()) == 1
         with pytest.raises(TimeoutError):
             await task
         assert Pressure.stalled == before + 1
-        assert not stalls.senders  # the sender left the check when its block ended
+        assert stalls.under_way() == 0
 
-    run(main())
+    asyncio.run(main())
 
 
-def test_idle_senders_are_never_cancelled() -> None:
+def test_waiting_for_the_next_frame_is_not_a_send() -> None:
     async def main() -> None:
         stalls = Stalls(limit_s=0.0)
         waiting = asyncio.Event()
 
         async def sender() -> None:
-            with stalls.sender() as s:
-                await s.send(asyncio.sleep(0))
-                await waiting.wait()  # waiting for the next frame is not a send
+            await stalls.send(asyncio.sleep(0))
+            await waiting.wait()
 
         task = asyncio.create_task(sender())
         await asyncio.sleep(0.02)
-        assert stalls.check(asyncio.get_running_loop().time() + 100) == 0
+        assert stalls.check(time.monotonic() + 100) == 0
         waiting.set()
         await task
 
-    run(main())
+    asyncio.run(main())
 
 
 def test_a_cancel_from_elsewhere_stays_a_cancel() -> None:
     async def main() -> None:
         stalls = Stalls(limit_s=0.0)
         blocked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def sender() -> None:
-            with stalls.sender() as s:
-                await s.send(blocked)
-
-        task = asyncio.create_task(sender())
+        task = asyncio.create_task(stalls.send(blocked))
         await asyncio.sleep(0.01)
-        task.cancel()  # the connection closes
-        stalls.check(asyncio.get_running_loop().time() + 100)  # and the check fires too
+        task.cancel()  # the connection closes ...
+        assert stalls.check(time.monotonic() + 100) == 1  # ... as the check fires
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert task.cancelled()
+        assert task.cancelled() and stalls.under_way() == 0
 
-    run(main())
+    asyncio.run(main())

@@ -7,6 +7,7 @@ files are present, and (with `--check`) whether the engine actually loads it.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +35,50 @@ def _silent(percent: float, message: str, **_: object) -> None:
     log.info("%s", message)
 
 
-def catalogue(settings: Settings) -> list[ModelEntry]:
-    from .engines.background import COMMERCIAL_MODELS, BackgroundRemover, model_file
+class TerminalReport:
+    """Progress of `pull` on the terminal: the same messages a task's events carry
+    ("Fetching ...: 3.1 MB of 10 MB"), redrawn in place on a TTY, one a line otherwise."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stdout.isatty()
+        self._open = False
+
+    def __call__(self, percent: float, message: str, **_: object) -> None:
+        if self._tty:
+            sys.stdout.write(f"\r\x1b[K    {message}")
+            self._open = True
+        else:
+            sys.stdout.write(f"    {message}\n")
+        sys.stdout.flush()
+
+    def end_line(self) -> None:
+        if self._open:
+            sys.stdout.write("\n")
+            self._open = False
+
+
+def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
+    from .engines.background import COMMERCIAL_MODELS, BackgroundRemover, model_file, pullable
     from .engines.diffusion import Diffusion, hub_cache, model_source
     from .engines.faceswap import FaceSwapper
 
     source, local = model_source(settings)
     rembg_path = model_file(settings)
-    report: Report = _silent
 
     def diffusion_present() -> bool:
         if local:
             return (Path(source) / "model_index.json").is_file()
         return (hub_cache(settings) / f"models--{source.replace('/', '--')}").is_dir()
 
+    def lama_path() -> Path:
+        from .engines.lama import model_path
+
+        return model_path(settings)
+
     def lama_load() -> object:
         from .engines.lama import LamaInpainter
 
-        return LamaInpainter.load(settings)
+        return LamaInpainter.load(settings, report)
 
     lama = settings.lama_model.strip()
     return [
@@ -70,8 +97,8 @@ def catalogue(settings: Settings) -> list[ModelEntry]:
             settings.rembg_model,
             "Apache-2.0" if settings.rembg_model in COMMERCIAL_MODELS else "the model's own",
             rembg_path.is_file,
-            lambda: BackgroundRemover.load(settings),
-            rembg_path.suffix == ".onnx" and settings.rembg_model == rembg_path.stem,
+            lambda: BackgroundRemover.load(settings, report),
+            pullable(settings),
         ),
         ModelEntry(
             "face_swap (pack)",
@@ -96,7 +123,7 @@ def catalogue(settings: Settings) -> list[ModelEntry]:
             "LIVEPIX_LAMA_MODEL",
             lama or "(not set: OpenCV telea/ns only)",
             "the LaMa weights' own (LaMa code: Apache-2.0); no default",
-            lambda: bool(lama) and (lama.startswith(("http://", "https://")) or Path(lama).is_file()),
+            lambda: bool(lama) and lama_path().is_file(),
             lama_load,
             lama.startswith(("http://", "https://")),
         ),
@@ -123,7 +150,8 @@ def list_models(settings: Settings, check: bool) -> int:
 def pull_models(settings: Settings) -> int:
     """Fetch every configured model that can be fetched into the data dir."""
     failures = 0
-    for entry in catalogue(settings):
+    report = TerminalReport()
+    for entry in catalogue(settings, report):
         if not entry.pullable:
             continue
         if entry.present():
@@ -132,8 +160,10 @@ def pull_models(settings: Settings) -> int:
         print(f"{entry.name}: fetching {entry.value} ...", flush=True)
         try:
             entry.load()
+            report.end_line()
             print(f"{entry.name}: ready")
         except TaskFailedError as exc:
+            report.end_line()
             failures += 1
             print(f"{entry.name}: failed: {exc.message}")
     return 1 if failures else 0

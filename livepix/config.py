@@ -42,6 +42,7 @@ class Settings:
     device: str = "auto"
     txt2img_model: str = ""
     rembg_model: str = "u2net"
+    rembg_mirror: str = "https://github.com/danielgatis/rembg/releases/download/v0.0.0"
     face_model_dir: str = ""
     swapper_model: str = ""
     lama_model: str = ""
@@ -76,7 +77,8 @@ ENV: dict[str, tuple[str, str]] = {
     "max_queued_per_owner": ("LIVEPIX_MAX_QUEUED_PER_OWNER", "waiting tasks one owner may have (1000)"),
     "device": ("LIVEPIX_DEVICE", "auto, cpu, cuda, cuda:N (auto)"),
     "txt2img_model": ("LIVEPIX_TXT2IMG_MODEL", "diffusers model id or local dir"),
-    "rembg_model": ("LIVEPIX_REMBG_MODEL", "rembg model name or path to an .onnx file (u2net)"),
+    "rembg_model": ("LIVEPIX_REMBG_MODEL", "rembg model name, or path or URL of an .onnx file (u2net)"),
+    "rembg_mirror": ("LIVEPIX_REMBG_MIRROR", "base URL that named rembg models are fetched from (rembg's GitHub release)"),
     "face_model_dir": ("LIVEPIX_FACE_MODEL_DIR", "insightface pack dir (detection + recognition)"),
     "swapper_model": ("LIVEPIX_SWAPPER_MODEL", "path to an inswapper .onnx"),
     "lama_model": ("LIVEPIX_LAMA_MODEL", "LaMa TorchScript file"),

@@ -1,10 +1,24 @@
-"""Download progress events (pure logic)."""
+"""Download progress events and `fetch` (local files, no network)."""
 
 from __future__ import annotations
 
+import hashlib
+import time
+from pathlib import Path
 from typing import Any
 
-from actors.engines.download import Progress
+import pytest
+
+from actors.engines import Report
+from actors.engines.download import REPORT_INTERVAL_S, Progress, fetch, size_text
+from actors.errors import ModelUnavailableError, TaskCancelledError
+
+
+def recorder(seen: list[tuple[float, str]]) -> Report:
+    def report(percent: float, message: str, **_: Any) -> None:
+        seen.append((percent, message))
+
+    return report
 
 
 def test_progress_reports_bytes_between_its_bounds_and_always_the_end() -> None:
@@ -27,3 +41,59 @@ def test_progress_without_a_length_counts_bytes() -> None:
     progress = Progress(lambda p, m, **_: seen.append(m), "x", 5, 6)
     progress.advance(1_500_000)
     assert seen == ["Fetching x: 1.5 MB"]
+
+
+def test_progress_never_moves_back_when_the_total_grows() -> None:
+    seen: list[tuple[float, str]] = []
+    progress = Progress(recorder(seen), "x", 0, 100)
+    progress.total = 1_000_000
+    progress.advance(1_000_000)  # all that is known is done...
+    progress.total = 4_000_000_000  # ...until a big file starts
+    time.sleep(REPORT_INTERVAL_S)
+    progress.advance(1_000_000)
+    assert seen == [(100, "Fetching x: 1.0 MB of 1.0 MB"), (100, "Fetching x: 2.0 MB of 4.0 GB")]
+
+
+def test_fetch_keeps_a_file_only_when_its_checksum_matches(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"weights" * 1000)
+    target = tmp_path / "data" / "model.onnx"
+    seen: list[tuple[float, str]] = []
+    progress = Progress(recorder(seen), "the model", 2, 8)
+    with pytest.raises(ModelUnavailableError, match="checksum") as failure:
+        fetch(source.as_uri(), target, progress, source="the model", hint="set X", md5="0" * 32)
+    assert failure.value.message.endswith("set X")
+    assert not target.exists() and not list(target.parent.iterdir())
+
+    good = hashlib.md5(source.read_bytes()).hexdigest()
+    fetch(source.as_uri(), target, Progress(recorder(seen), "the model", 2, 8),
+          source="the model", hint="set X", md5=good)
+    assert target.read_bytes() == source.read_bytes()
+    assert seen[-1] == (8, "Fetching the model: 0.0 MB of 0.0 MB")
+
+
+def test_fetch_of_an_unreachable_url_names_the_source_and_the_hint(tmp_path: Path) -> None:
+    progress = Progress(recorder([]), "the model", 2, 8)
+    with pytest.raises(ModelUnavailableError) as failure:
+        fetch("http://127.0.0.1:9/m.onnx", tmp_path / "m.onnx", progress, source="SETTING=url", hint="do Y")
+    assert failure.value.message.startswith("SETTING=url could not be fetched (")
+    assert failure.value.message.endswith("; do Y")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_cancel_during_fetch_leaves_no_partial_file(tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"\0" * 3_000_000)
+
+    def report(percent: float, message: str, **_: Any) -> None:
+        if " of " in message:
+            raise TaskCancelledError("cancelled")
+
+    target = tmp_path / "data" / "big.bin"
+    with pytest.raises(TaskCancelledError):
+        fetch(source.as_uri(), target, Progress(report, "big", 2, 8), source="big", hint="")
+    assert not list(target.parent.iterdir())
+
+
+def test_sizes_read_in_mb_then_gb() -> None:
+    assert [size_text(n) for n in (1_500_000, 812_000_000, 4_300_000_000)] == ["1.5 MB", "812 MB", "4.3 GB"]

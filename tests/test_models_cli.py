@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fake_hub import FakeHub, FileServer, serving
+from tests.models import build_tiny_u2net
 from tests.models_diffusion import build_tiny_sd
 
 
@@ -21,7 +24,8 @@ def livepix(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     full.pop("REDIS_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "livepix", *args], env=full, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "livepix", *args],
+        env=full, capture_output=True, text=True, timeout=180, check=False,
     )
 
 
@@ -51,3 +55,35 @@ def test_models_pull_skips_what_is_present(data_dir: Path, tiny_sd_dir: Path) ->
     out = livepix("models", "pull", LIVEPIX_DATA_DIR=str(data_dir), LIVEPIX_TXT2IMG_MODEL=str(tiny_sd_dir))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "background_removal: already present" in out.stdout
+
+
+def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offline(
+    tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    """The same fetch code as a task's, printed: a loopback hub and file server, no network."""
+    onnx = build_tiny_u2net(tmp_path / "src" / "tiny.onnx", 400_000).read_bytes()
+    repo = "livepix-test/tiny-sd"
+    env = {"LIVEPIX_DATA_DIR": str(tmp_path / "data"), "LIVEPIX_TXT2IMG_MODEL": repo}
+    with (
+        serving(FakeHub(repo, tiny_sd_dir)) as hub,
+        serving(FileServer({"/tiny.onnx": onnx})) as files,
+    ):
+        env["LIVEPIX_REMBG_MODEL"] = f"{files.url}/tiny.onnx"
+        out = livepix(
+            "models", "pull", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_IMPLICIT_TOKEN="1", **env,
+        )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "image_generation, style_transfer: ready" in lines
+    assert "background_removal: ready" in lines
+    hub_bytes = [line for line in lines if re.fullmatch(rf"    Fetching {repo}: [\d.]+ MB of [\d.]+ MB", line)]
+    onnx_bytes = [line for line in lines if re.fullmatch(r"    Fetching the rembg model tiny.onnx: [\d.]+ MB of 0.4 MB", line)]
+    assert len(hub_bytes) >= 2 and len(onnx_bytes) >= 2, out.stdout
+
+    # The hosts are gone and the hub is off limits: the fetched copies load.
+    listed = livepix("models", "list", "--check", **env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    status = {line.split()[0]: line for line in listed.stdout.splitlines() if not line.startswith(" ")}
+    assert status["image_generation,"].endswith("present  loadable")
+    assert status["background_removal"].endswith("present  loadable")

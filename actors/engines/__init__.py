@@ -92,7 +92,7 @@ class Engines:
         if task_type is TaskType.BACKGROUND_REMOVAL:
             from .background import BackgroundRemover
 
-            return BackgroundRemover.load(settings)
+            return BackgroundRemover.load(settings, report)
         if task_type is TaskType.OBJECT_REMOVAL:
             from .inpaint import ObjectRemover
 

@@ -3,8 +3,9 @@
 `LIVEPIX_TXT2IMG_MODEL` is a Hugging Face model id or a local diffusers directory
 (default `stable-diffusion-v1-5/stable-diffusion-v1-5`, CreativeML OpenRAIL-M, which
 allows commercial use under its use restrictions). Hub models are cached under
-`<data dir>/models/huggingface`. Style transfer is img2img built with `from_pipe`: the
-same modules, no second copy of the weights.
+`<data dir>/models/huggingface`; the task that fetches one reports its bytes (`hub`).
+Style transfer is img2img built with `from_pipe`: the same modules, no second copy of
+the weights.
 
 Every denoising step reports progress (and so is a cancel point: the exception raised
 by `report` leaves the pipeline before the VAE decode) with a cheap preview decoded
@@ -30,6 +31,8 @@ from livepix.wire import STYLE_PRESETS
 from ..errors import InvalidImageError, ModelUnavailableError, OutOfMemoryError
 from . import EngineInput, EngineOutput, Report
 from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
+from .download import Progress
+from .hub import progress_of
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,9 @@ class Diffusion:
                 if local:
                     raise
                 report(2, f"Fetching {source} into the data dir (first use; several GB)")
-                pipe = AutoPipelineForText2Image.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
+                # Bytes between 2 and 4 percent: denoising reports from 4 on.
+                with progress_of(Progress(report, source, 2, 4)):
+                    pipe = AutoPipelineForText2Image.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"the image model {source!r} could not be loaded ({type(exc).__name__}: "

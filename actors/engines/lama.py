@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,13 @@ import numpy as np
 from livepix.config import Settings
 
 from ..errors import ModelUnavailableError, OutOfMemoryError
-from . import Report
+from . import Report, download
 from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
-from .download import Progress
+from .download import is_url
 
 log = logging.getLogger(__name__)
 
 SETTING = "LIVEPIX_LAMA_MODEL"
-FETCH_TIMEOUT_S = 5.0  # per socket operation: an offline worker fails fast
 MULTIPLE = 8  # LaMa needs sides that are multiples of 8
 
 _loads_lock = threading.Lock()
@@ -39,11 +37,6 @@ _loads = 0
 def model_loads() -> int:
     """How many times this process has loaded a LaMa model."""
     return _loads
-
-
-
-def is_url(spec: str) -> bool:
-    return spec.lower().startswith(("http://", "https://"))
 
 
 def _quiet(percent: float, message: str, **_: object) -> None:
@@ -62,31 +55,13 @@ def model_path(settings: Settings) -> Path:
 def fetch(url: str, settings: Settings, report: Report) -> Path:
     """The local copy of the model at `url`, downloaded once into the model dir."""
     target = model_path(settings)
-    name = target.name
-    if target.is_file():
-        return target
-    report(6, f"Fetching the LaMa model {name}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{name}.{os.getpid()}.part")
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response,
-            open(partial, "wb") as out,
-        ):
-            progress = Progress(report, f"the LaMa model {name}", 6, 8)
-            length = response.headers.get("Content-Length")
-            progress.total = int(length) if length and length.isdigit() else None
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                progress.advance(len(chunk))
-        os.replace(partial, target)
-    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailableError(
-            f"{SETTING}={url} could not be fetched ({type(exc).__name__}: {exc}); this worker "
-            f"may be offline: put the file at {target} or point {SETTING} at a local file"
-        ) from exc
-    log.info("fetched the LaMa model %s into %s", url, target)
+    download.fetch(
+        url,
+        target,
+        download.Progress(report, f"the LaMa model {target.name}", 6, 8),
+        source=f"{SETTING}={url}",
+        hint=f"this worker may be offline: put the file at {target} or point {SETTING} at a local file",
+    )
     return target
 
 

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import anyio
 from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import HTTPConnection, Request
@@ -80,18 +79,16 @@ async def events_sse(request: Request) -> Response:
         # A browser's EventSource gives up for good on a non-200: ask it to retry.
         return EventStream(_retry_only(), headers=_SSE_HEADERS)
 
-    shutdown = anyio.Event()
+    watch = Watch()
 
     async def stream() -> AsyncIterator[bytes]:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         if state.terminal and since >= state.seq:
             return
-        watch = Watch()
         try:
             await hub.follow(watch, task_id, since)  # unfollows itself if it fails
         except RedisError:
             return  # the client reconnects after `retry` and resumes from its last id
-        closer = asyncio.create_task(_close_on(shutdown, watch))
         try:
             while True:
                 frame = await watch.get()
@@ -105,7 +102,6 @@ async def events_sse(request: Request) -> Response:
                 if frame.terminal:
                     return
         finally:
-            closer.cancel()
             hub.unfollow(watch, task_id)
 
     return EventStream(
@@ -113,9 +109,22 @@ async def events_sse(request: Request) -> Response:
         stalls=request.app.state.stalls,
         ping=SSE_PING_S,
         headers=_SSE_HEADERS,
-        shutdown_event=shutdown,
+        shutdown_event=_EndOnShutdown(watch),
         shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,
     )
+
+
+class _EndOnShutdown:
+    """What sse-starlette `set()`s when the server stops (it takes an anyio.Event): ends
+    the stream's watch at once, with no task per connection waiting for the event."""
+
+    __slots__ = ("watch",)
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+
+    def set(self) -> None:
+        self.watch.fail()
 
 
 class EventStream(EventSourceResponse):
@@ -144,11 +153,6 @@ class EventStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             pass  # counted by the stall check; uvicorn closes the connection
-
-
-async def _close_on(event: anyio.Event, watch: Watch) -> None:
-    await event.wait()
-    watch.fail()
 
 
 _SSE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}

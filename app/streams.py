@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -234,16 +234,38 @@ async def drain(websocket: WebSocket) -> None:
         return
 
 
-async def run_until_first_done(*coros: object) -> None:
-    """Run coroutines side by side; the first to finish cancels the others."""
-    tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[call-overload]
+async def run_until_first_done(sender: Coroutine[Any, Any, None], receiver: Coroutine[Any, Any, None]) -> None:
+    """Run `sender` in a task of its own beside `receiver`, which runs in this task; the
+    first to finish ends the other. Two tasks per connection, not three: a task and its
+    frames cost about 1 KB for every open WebSocket (docs/benchmarks.md, F7)."""
+    me = asyncio.current_task()
+    assert me is not None
+    task = asyncio.ensure_future(sender)
+    receiving = True
+    ended_by_sender = False
+
+    def on_sender_done(_: object) -> None:
+        nonlocal ended_by_sender
+        if receiving:  # a callback already scheduled may run after `receiver` ended
+            ended_by_sender = True
+            me.cancel()
+
+    task.add_done_callback(on_sender_done)
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await receiver
+    except asyncio.CancelledError:
+        if not ended_by_sender or me.uncancel() > 0:
+            raise  # cancelled from outside (the server stops)
+    except (WebSocketDisconnect, OSError):
+        pass
+    except Exception:
+        log.exception("websocket task failed")
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
+        receiving = False
+        task.remove_done_callback(on_sender_done)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled():
         exc = task.exception()
         if exc is not None and not isinstance(exc, (WebSocketDisconnect, OSError)):
             log.error("websocket task failed", exc_info=exc)

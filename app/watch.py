@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +97,7 @@ class _Follow:
     ended: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(slots=True, eq=False)
 class Watch:
     """One connection's outbox across the tasks it follows."""
 
@@ -108,8 +107,10 @@ class Watch:
     overflowed: bool = False
     coalesced: int = 0
     dropped: int = 0
-    _out: deque[list[Frame]] = field(default_factory=deque)
-    _history: set[int] = field(default_factory=set)  # ids of queued slots holding history
+    # Queued slots: a list for a live frame (coalescing replaces its frame), a tuple for
+    # a frame of history. A list, not a deque: an empty deque costs 760 bytes per watch.
+    _out: list[list[Frame] | tuple[Frame]] = field(default_factory=list)
+    _history: int = 0  # history slots in `_out`
     # A Future only while `get` waits: an asyncio.Event per idle connection would cost
     # a deque (~0.8 KB) each (docs/benchmarks.md, F7).
     _waiter: asyncio.Future[None] | None = None
@@ -126,9 +127,8 @@ class Watch:
         held, follow.held = follow.held, None
         for frame in history:
             if frame.seq > follow.high and not follow.ended:
-                slot = [frame]
-                self._history.add(id(slot))
-                self._queue(follow, frame, slot)
+                self._history += 1
+                self._queue(follow, frame, (frame,))
         for frame in held:
             self._put(follow, frame)
 
@@ -152,7 +152,7 @@ class Watch:
     def _put(self, follow: _Follow, frame: Frame) -> None:
         if frame.seq <= follow.high or follow.ended:
             return
-        live = len(self._out) - len(self._history)
+        live = len(self._out) - self._history
         pressed = live >= self.coalesce_after
         if frame.droppable and pressed:
             frame = frame.lean()
@@ -174,8 +174,8 @@ class Watch:
             return
         self._queue(follow, frame, [frame])
 
-    def _queue(self, follow: _Follow, frame: Frame, slot: list[Frame]) -> None:
-        follow.progress_slot = slot if frame.droppable else None
+    def _queue(self, follow: _Follow, frame: Frame, slot: list[Frame] | tuple[Frame]) -> None:
+        follow.progress_slot = slot if frame.droppable and isinstance(slot, list) else None
         follow.high = frame.seq
         follow.ended = frame.terminal
         self._out.append(slot)
@@ -198,8 +198,9 @@ class Watch:
                 self._waiter = None
         if self.overflowed:
             return None
-        slot = self._out.popleft()
-        self._history.discard(id(slot))
+        slot = self._out.pop(0)
+        if type(slot) is tuple:
+            self._history -= 1
         frame = slot[0]
         follow = self.follows.get(frame.task_id)
         if follow is not None and follow.progress_slot is slot:

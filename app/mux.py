@@ -79,6 +79,7 @@ class Session:
                 return
             if frame.terminal:
                 self.hub.unfollow(self.watch, frame.task_id)
+            del frame  # an idle socket keeps no event alive
 
     async def receive_loop(self) -> None:
         while True:

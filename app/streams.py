@@ -80,10 +80,11 @@ async def events_sse(request: Request) -> Response:
         return EventStream(_retry_only(), headers=_SSE_HEADERS)
 
     watch = Watch()
+    ended = state.terminal and since >= state.seq  # the stream keeps no TaskState alive
 
     async def stream() -> AsyncIterator[bytes]:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
-        if state.terminal and since >= state.seq:
+        if ended:
             return
         try:
             await hub.follow(watch, task_id, since)  # unfollows itself if it fails
@@ -101,6 +102,7 @@ async def events_sse(request: Request) -> Response:
                 sent(frame)
                 if frame.terminal:
                     return
+                del frame  # an idle stream keeps no event alive
         finally:
             hub.unfollow(watch, task_id)
 
@@ -185,6 +187,7 @@ async def task_ws(websocket: WebSocket) -> None:
     if state.terminal and since >= state.seq:
         await close(websocket, WsClose.DONE)
         return
+    del state
     watch = Watch()
 
     async def send() -> None:
@@ -207,6 +210,7 @@ async def task_ws(websocket: WebSocket) -> None:
             if frame.terminal:
                 await close(websocket, WsClose.DONE)
                 return
+            del frame  # an idle socket keeps no event alive
 
     try:
         await run_until_first_done(send(), drain(websocket))

@@ -23,6 +23,7 @@ from . import routes
 from .auth import Authenticator, AuthMiddleware
 from .errors import EXCEPTION_HANDLERS, NotFoundError
 from .hub import Hub
+from .keepalive import Keepalive
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
@@ -113,16 +114,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.hub = hub
         stalls = Stalls()
         app.state.stalls = stalls
+        keepalive = Keepalive(settings.sse_keepalive_s)
+        app.state.keepalive = keepalive
         await hub.start()
         upkeep = Upkeep(tasks)
         app.state.upkeep = upkeep
         upkeep_task = asyncio.create_task(upkeep.run(), name="livepix-upkeep")
         stalls_task = asyncio.create_task(stalls.run(), name="livepix-stalls")
+        keepalive_task = asyncio.create_task(keepalive.run(), name="livepix-keepalive")
         try:
             yield
         finally:
             upkeep_task.cancel()
             stalls_task.cancel()
+            keepalive_task.cancel()
             await hub.stop()
             await client.aclose()
             await pool.aclose()

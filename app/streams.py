@@ -19,6 +19,7 @@ from livepix.wire import MAX_SEQ, WsClose
 
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
+from .keepalive import Keepalive
 from .metrics import sent
 from .stalls import SEND_TIMEOUT_S, Stalls
 from .tasks import TaskService
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 SSE_RETRY_MS = 2000
 SSE_RESUME_MS = 500  # the hint sent when the server ends a stream early
 SSE_SHUTDOWN_GRACE_S = 2.0  # under uvicorn's graceful shutdown timeout (5 s)
-SSE_PING_S = 15
 
 
 def task_id_param(conn: HTTPConnection) -> str:
@@ -68,6 +68,7 @@ def shape(frame: Frame, inline: bool, conn: HTTPConnection) -> Frame:
 async def events_sse(request: Request) -> Response:
     tasks: TaskService = request.app.state.tasks
     hub: Hub = request.app.state.hub
+    keepalive: Keepalive = request.app.state.keepalive
     task_id = task_id_param(request)
     since = since_param(request)
     inline = inline_param(request)
@@ -90,6 +91,7 @@ async def events_sse(request: Request) -> Response:
             await hub.follow(watch, task_id, since)  # unfollows itself if it fails
         except RedisError:
             return  # the client reconnects after `retry` and resumes from its last id
+        keepalive.add(watch)
         try:
             while True:
                 frame = await watch.get()
@@ -104,12 +106,13 @@ async def events_sse(request: Request) -> Response:
                     return
                 del frame  # an idle stream keeps no event alive
         finally:
+            keepalive.discard(watch)
             hub.unfollow(watch, task_id)
 
     return EventStream(
         stream(),
         stalls=request.app.state.stalls,
-        ping=SSE_PING_S,
+        ping=0,  # app.keepalive pings every stream from one task
         headers=_SSE_HEADERS,
         shutdown_event=_EndOnShutdown(watch),
         shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,

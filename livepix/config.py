@@ -52,6 +52,7 @@ class Settings:
     worker_lost_after_s: int = 60
     task_time_limit_s: int = 1800
     worker_poll_ms: int = 50
+    sse_keepalive_s: int = 15
     log_level: str = "info"
 
     @property
@@ -88,6 +89,7 @@ ENV: dict[str, tuple[str, str]] = {
     "worker_lost_after_s": ("LIVEPIX_WORKER_LOST_AFTER_S", "a running task whose worker vanished and was not re-run by then fails `worker_lost` (60)"),
     "task_time_limit_s": ("LIVEPIX_TASK_TIME_LIMIT_S", "a task running longer fails with `timeout` (1800)"),
     "worker_poll_ms": ("LIVEPIX_WORKER_POLL_MS", "idle worker poll interval, ms (50)"),
+    "sse_keepalive_s": ("LIVEPIX_SSE_KEEPALIVE_S", "seconds between keepalive comments on a quiet SSE stream (15)"),
     "log_level": ("LIVEPIX_LOG_LEVEL", "debug, info, warning, error (info)"),
 }
 

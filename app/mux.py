@@ -21,6 +21,7 @@ from livepix.images import ImageLimits
 from livepix.wire import MAX_SEQ, ErrorCode, WsClose, dumps
 
 from .auth import Authenticator, Caller
+from .direct import Resume, start
 from .errors import ApiError, UnauthorizedError
 from .hub import Hub
 from .metrics import sent
@@ -63,14 +64,27 @@ class Session:
     def error(self, code: str, message: str, **about: Any) -> None:
         self.say(op="error", code=code, error=message, **about)
 
+    def send_now(self, frame: Frame) -> Resume | None:
+        """Send a live frame from the hub's fan-out (`Watch.direct`)."""
+        resume = start(self.ws.send_text(shape(frame, self.inline, self.ws).text), frame)
+        if resume is None:
+            sent(frame)
+            self._sent[frame.task_id] = frame.seq
+        return resume
+
     async def send_loop(self) -> None:
+        self.watch.direct = self.send_now
         while True:
             frame = await self.watch.get()
             if frame is None:
                 await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
                 return
             try:
-                await self.stalls.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
+                if isinstance(frame, Resume):
+                    await self.stalls.send(frame)  # a send that the fan-out began
+                    frame = frame.frame
+                else:
+                    await self.stalls.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
                 sent(frame)
                 if frame.seq:
                     self._sent[frame.task_id] = frame.seq

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livepix.wire import MAX_SEQ, WsClose
 
+from .direct import Resume, start
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
 from .keepalive import Keepalive
@@ -100,6 +101,7 @@ async def events_sse(request: Request) -> Response:
                     # resumes from its last id (on another api process, if need be).
                     yield f"retry: {SSE_RESUME_MS}\n\n".encode()
                     return
+                assert not isinstance(frame, Resume)  # an SSE watch sends nothing directly
                 yield shape(frame, inline, request).sse()
                 sent(frame)
                 if frame.terminal:
@@ -193,19 +195,30 @@ async def task_ws(websocket: WebSocket) -> None:
     del state
     watch = Watch()
 
+    def send_now(frame: Frame) -> Resume | None:
+        resume = start(websocket.send_text(shape(frame, inline, websocket).text), frame)
+        if resume is None:
+            sent(frame)
+        return resume
+
     async def send() -> None:
         try:
             await hub.follow(watch, task_id, since)
         except RedisError:
             await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
+        watch.direct = send_now
         while True:
             frame = await watch.get()
             if frame is None:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return
             try:
-                await stalls.send(websocket.send_text(shape(frame, inline, websocket).text))
+                if isinstance(frame, Resume):
+                    await stalls.send(frame)  # a send that the fan-out began
+                    frame = frame.frame
+                else:
+                    await stalls.send(websocket.send_text(shape(frame, inline, websocket).text))
                 sent(frame)
             except TimeoutError:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livepix.wire import TERMINAL_EVENTS, EventType, dumps
+
+if TYPE_CHECKING:
+    from .direct import Resume
 
 COALESCE_AFTER = 16
 MAX_FRAMES = 256
@@ -107,9 +111,13 @@ class Watch:
     overflowed: bool = False
     coalesced: int = 0
     dropped: int = 0
+    # Set by the connection: sends a live frame at once, from the hub's fan-out, while
+    # the sender task is idle (app/direct.py); returns a `Resume` if the send must wait.
+    direct: Callable[[Frame], Resume | None] | None = None
     # Queued slots: a list for a live frame (coalescing replaces its frame), a tuple for
-    # a frame of history. A list, not a deque: an empty deque costs 760 bytes per watch.
-    _out: list[list[Frame] | tuple[Frame]] = field(default_factory=list)
+    # a frame of history, a Resume for a send begun by `direct`. A list, not a deque:
+    # an empty deque costs 760 bytes per watch.
+    _out: list[list[Frame] | tuple[Frame] | Resume] = field(default_factory=list)
     _history: int = 0  # history slots in `_out`
     # A Future only while `get` waits: an asyncio.Event per idle connection would cost
     # a deque (~0.8 KB) each (docs/benchmarks.md, F7).
@@ -172,7 +180,24 @@ class Watch:
             self.overflowed = True
             self._wake()
             return
+        if self.direct is not None and self._idle() and not frame.terminal:
+            try:
+                resume = self.direct(frame)
+            except Exception:  # noqa: BLE001, S110 - the sender task meets it again, and ends
+                pass
+            else:
+                follow.high = frame.seq
+                follow.progress_slot = None
+                if resume is not None:
+                    self._out.append(resume)
+                    self._wake()
+                return
         self._queue(follow, frame, [frame])
+
+    def _idle(self) -> bool:
+        """Whether the sender task waits for a frame, with nothing queued or on its way."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._out
 
     def _queue(self, follow: _Follow, frame: Frame, slot: list[Frame] | tuple[Frame]) -> None:
         follow.progress_slot = slot if frame.droppable and isinstance(slot, list) else None
@@ -186,8 +211,9 @@ class Watch:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> Frame | None:
-        """The next frame to send; None once the watch overflowed (close it as too slow)."""
+    async def get(self) -> Frame | Resume | None:
+        """The next frame to send, or a send to finish; None once the watch overflowed
+        (close it as too slow)."""
         while not self._out:
             if self.overflowed:
                 return None
@@ -199,8 +225,10 @@ class Watch:
         if self.overflowed:
             return None
         slot = self._out.pop(0)
-        if type(slot) is tuple:
+        if isinstance(slot, tuple):
             self._history -= 1
+        elif not isinstance(slot, list):
+            return slot  # a send that `direct` began
         frame = slot[0]
         follow = self.follows.get(frame.task_id)
         if follow is not None and follow.progress_slot is slot:

@@ -1,0 +1,58 @@
+"""Sending from the hub's fan-out, without waking the connection's task.
+
+uvicorn's WebSocket send completes without suspending whenever the transport is
+writable, which is nearly always; waking a connection's sender task to make it costs
+about as much as the send itself (docs/benchmarks.md, F8). `start` runs a send
+coroutine up to its first suspension, right where the frame is offered. If it does
+suspend (the transport is paused), the `Resume` it returns is queued ahead of any
+later frame, and the connection's sender task finishes the send in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from .watch import Frame
+
+
+class Resume:
+    """The rest of a send that `start` began: await it (in the sender task) to finish."""
+
+    __slots__ = ("_coro", "_waiting_on", "frame")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any, frame: Frame) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+        self.frame = frame
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # What `yield from coro` does, for a coroutine whose first step already ran:
+        # hand each future it waits on to the awaiting task, and pass the task's
+        # answer (a result, or a cancellation) back in.
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the coroutine as is
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration:
+                    return
+
+
+def start(send: Coroutine[Any, Any, None], frame: Frame) -> Resume | None:
+    """Run `send` until it completes (None) or waits (its `Resume`); errors propagate."""
+    try:
+        waiting_on = send.send(None)
+    except StopIteration:
+        return None
+    return Resume(send, waiting_on, frame)

@@ -10,7 +10,7 @@ later frame, and the connection's sender task finishes the send in order.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 from .watch import Frame
@@ -21,7 +21,7 @@ class Resume:
 
     __slots__ = ("_coro", "_waiting_on", "frame")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any, frame: Frame) -> None:
+    def __init__(self, coro: Generator[Any, None, None], waiting_on: Any, frame: Frame) -> None:
         self._coro = coro
         self._waiting_on = waiting_on
         self.frame = frame
@@ -49,10 +49,11 @@ class Resume:
                     return
 
 
-def start(send: Coroutine[Any, Any, None], frame: Frame) -> Resume | None:
+def start(send: Awaitable[None], frame: Frame) -> Resume | None:
     """Run `send` until it completes (None) or waits (its `Resume`); errors propagate."""
+    steps = send.__await__()
     try:
-        waiting_on = send.send(None)
+        waiting_on = steps.send(None)
     except StopIteration:
         return None
-    return Resume(send, waiting_on, frame)
+    return Resume(steps, waiting_on, frame)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -70,6 +70,7 @@ async def events_sse(request: Request) -> Response:
     tasks: TaskService = request.app.state.tasks
     hub: Hub = request.app.state.hub
     keepalive: Keepalive = request.app.state.keepalive
+    stalls: Stalls = request.app.state.stalls
     task_id = task_id_param(request)
     since = since_param(request)
     inline = inline_param(request)
@@ -101,7 +102,13 @@ async def events_sse(request: Request) -> Response:
                     # resumes from its last id (on another api process, if need be).
                     yield f"retry: {SSE_RESUME_MS}\n\n".encode()
                     return
-                assert not isinstance(frame, Resume)  # an SSE watch sends nothing directly
+                if isinstance(frame, Resume):
+                    try:
+                        await stalls.send(frame)  # a send that the fan-out began
+                    except TimeoutError:
+                        raise SendTimeoutError() from None
+                    sent(frame.frame)
+                    continue
                 yield shape(frame, inline, request).sse()
                 sent(frame)
                 if frame.terminal:
@@ -113,7 +120,8 @@ async def events_sse(request: Request) -> Response:
 
     return EventStream(
         stream(),
-        stalls=request.app.state.stalls,
+        stalls=stalls,
+        direct=(watch, lambda frame: shape(frame, inline, request).sse()),
         ping=0,  # app.keepalive pings every stream from one task
         headers=_SSE_HEADERS,
         shutdown_event=_EndOnShutdown(watch),
@@ -135,14 +143,27 @@ class _EndOnShutdown:
 
 
 class EventStream(EventSourceResponse):
-    """sse-starlette's response, with its per-message send timeout enforced by the
-    process's stall check (`stalls`) instead of an anyio cancel scope per message. A
-    stream whose send stays blocked past the timeout ends as too slow, quietly: the
-    client resumes from its last id."""
+    """sse-starlette's response, with two shortcuts for the hot path:
+    - its per-message send timeout is enforced by the process's stall check (`stalls`)
+      instead of an anyio cancel scope per message; a stream whose send stays blocked
+      past the timeout ends as too slow, quietly: the client resumes from its last id;
+    - `direct` = (watch, encode): while the stream's generator waits for a frame, the
+      hub's fan-out writes a live frame itself (app/direct.py), without resuming the
+      generator and sse-starlette's loop around it. The generator only ever waits in
+      `watch.get()` once sse-starlette has sent what it yielded before, so the order
+      holds."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, stalls: Stalls | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        stalls: Stalls | None = None,
+        direct: tuple[Watch, Callable[[Frame], bytes]] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(content, send_timeout=SEND_TIMEOUT_S, **options)
         self._stalls = stalls
+        self._direct = direct
 
     # Overrides sse-starlette's private per-message hook (3.7). Were it renamed, its own
     # timeout would apply again: the same behaviour at a higher cost per message.
@@ -156,6 +177,17 @@ class EventStream(EventSourceResponse):
             raise SendTimeoutError() from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._direct is not None:
+            watch, encode = self._direct
+
+            def send_now(frame: Frame) -> Resume | None:
+                body = {"type": "http.response.body", "body": encode(frame), "more_body": True}
+                resume = start(send(body), frame)
+                if resume is None:
+                    sent(frame)
+                return resume
+
+            watch.direct = send_now
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:

@@ -55,7 +55,8 @@ class Session:
         self.watch = Watch()
         self.inline = inline_param(websocket)
         self._joining: dict[str, asyncio.Task[None]] = {}
-        # The last seq this socket sent per task: a repeated subscribe never re-sends.
+        # The last seq this socket sent per task: a repeated subscribe never re-sends,
+        # until the client unsubscribes.
         self._sent: dict[str, int] = {}
 
     def say(self, **fields: Any) -> None:
@@ -139,6 +140,8 @@ class Session:
                 if joining is not None:
                     joining.cancel()  # its follow unfollows itself
                 self.hub.unfollow(self.watch, task_id)
+                # After an explicit unsubscribe, a subscribe means what its `since` says.
+                self._sent.pop(task_id, None)
                 self.say(op="unsubscribed", task_id=task_id)
         elif name == "cancel":
             task_id = self._task_id(op)

@@ -122,3 +122,18 @@ def test_unsubscribe_while_joining_stops_the_task_and_a_resubscribe_works(new_st
     assert set(ids[:10]) <= again  # every re-subscribed task got its history
     for task_id in ids[:10]:
         assert [e["seq"] for e in events if e["task_id"] == task_id][-1:] == [1]
+
+
+def test_a_repeated_subscribe_never_re_sends_but_one_after_unsubscribe_honours_since(stack: Stack) -> None:
+    task_id = submit(stack.url, task())
+    everything = sse_events(stack.url, task_id)  # the task has ended
+    with ws_client.connect(ws_url(stack.url, "/ws")) as ws:
+        ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+        assert collect(ws, {task_id}) == everything
+        ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))  # again: nothing new
+        ws.send(json.dumps({"op": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"op": "pong"}
+        ws.send(json.dumps({"op": "unsubscribe", "task_id": task_id}))
+        assert json.loads(ws.recv(timeout=10)) == {"op": "unsubscribed", "task_id": task_id}
+        ws.send(json.dumps({"op": "subscribe", "task_id": task_id, "since": 0}))
+        assert collect(ws, {task_id}) == everything  # as asked: from the start

@@ -90,7 +90,7 @@ class Upkeep:
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hmget(state_key(task_id), "status", "task_type")
+            pipe.hmget(state_key(task_id), "status", "task_type", "position", "eta_s")
         pipe.hgetall(runtime_key())
         pipe.zrangebyscore(capacity_key(queue), now - WORKER_SEEN_S, "+inf")
         pipe.zrange(running_key(), 0, -1, withscores=True)
@@ -103,15 +103,16 @@ class Upkeep:
             for (_, started), info in zip(running_raw, await pipe.execute(), strict=True)
             if info[0] == queue.value and info[1] is not None
         ]
-        waiting = [
-            (i, s[1]) for i, s in zip(ids, states, strict=True) if s[0] == "PENDING" and s[1]
-        ]
+        waiting = [(i, s) for i, s in zip(ids, states, strict=True) if s[0] == "PENDING" and s[1]]
         runtimes = {k: float(v) for k, v in runtimes_raw.items()}
-        etas = estimate([t for _, t in waiting], running, runtimes, capacity(workers))
+        etas = estimate([s[1] for _, s in waiting], running, runtimes, capacity(workers))
         pipe = self.client.pipeline(transaction=False)
-        for position, ((task_id, _), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
-            await self.tasks.run_script(store.requeued(task_id, position, eta, self.ttl_s), pipe)
-        await pipe.execute()
+        for position, ((task_id, state), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
+            # A deep queue mostly stands still: only call the script where it would act.
+            if store.queued_moved(position, eta, state[2], state[3]):
+                await self.tasks.run_script(store.requeued(task_id, position, eta, self.ttl_s), pipe)
+        if len(pipe):
+            await pipe.execute()
         gone = [i for i, s in zip(ids, states, strict=True) if s[0] != "PENDING"]
         if gone:
             await self.client.zrem(pending_key(queue), *gone)

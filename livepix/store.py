@@ -352,6 +352,20 @@ def cancel(task_id: str, queue: str, ttl_s: int) -> ScriptCall:
     )
 
 
+def queued_moved(position: int, eta_s: float | None, old_position: str | None, old_eta_s: str | None) -> bool:
+    """The `requeued` script's test, for a caller that skips the calls that change
+    nothing: whether a waiting task's position moved, or its ETA by a second or 10%.
+    `old_*` are the task's stored fields. Keep the two in step (tests/test_store.py)."""
+    if old_position is None or float(old_position) != position:
+        return True
+    if eta_s is None:
+        return False
+    if not old_eta_s:
+        return True
+    old = float(old_eta_s)
+    return abs(round(eta_s, 1) - old) >= max(1.0, 0.1 * old)
+
+
 def requeued(task_id: str, position: int, eta_s: float | None, ttl_s: int) -> ScriptCall:
     """Re-send `queued` if the task's position or ETA moved; returns the seq or 0."""
     return ScriptCall(

@@ -100,3 +100,20 @@ def test_an_owner_may_have_only_its_cap_of_waiting_tasks(client: redis.Redis) ->
     assert new_task(client, owner="alice", cap=2)
     run(client, store.cancel(first[1], "cpu", TTL))
     assert new_task(client, owner="alice", cap=2)
+
+
+def test_the_upkeep_s_skip_test_agrees_with_the_requeued_script(client: redis.Redis) -> None:
+    task_id = new_task(client)
+    cases = [
+        (1, None), (1, None), (1, 30.0), (1, 30.4), (1, 31.0), (1, 27.0), (2, 27.0), (2, 26.0),
+        (2, 23.0), (2, 5.0), (2, 4.5), (2, 4.0), (3, None), (3, 0.04), (1, 100.0), (1, 91.0),
+    ]
+    outcomes = set()
+    for position, eta in cases:
+        stored = client.hmget(state_key(task_id), "position", "eta_s")
+        old_position, old_eta = (x.decode() if isinstance(x, bytes) else x for x in stored)
+        predicted = store.queued_moved(position, eta, old_position, old_eta)
+        acted = run(client, store.requeued(task_id, position, eta, TTL))
+        assert predicted == (acted != 0), (position, eta, old_position, old_eta)
+        outcomes.add(predicted)
+    assert outcomes == {True, False}

@@ -83,7 +83,7 @@ def parse_sse(lines: list[str]) -> list[dict[str, Any]]:
             continue
         else:
             key, _, value = line.partition(":")
-            fields[key] = value[1:] if value.startswith(" ") else value
+            fields[key] = value.removeprefix(" ")
     return events
 
 

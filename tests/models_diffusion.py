@@ -22,7 +22,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     """Build and save a ~1 MB Stable Diffusion pipeline to `path`; load it with from_pretrained."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import httpx
 
-from tests.clients import API, SSEStream, assert_contiguous, png_b64, slow_removal, sse_events, submit, two_tone
+from tests.clients import (
+    API,
+    SSEStream,
+    assert_contiguous,
+    png_b64,
+    slow_removal,
+    sse_events,
+    submit,
+    two_tone,
+)
 from tests.conftest import Stack
 
 

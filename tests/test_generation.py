@@ -10,7 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import API, SSEStream, assert_contiguous, decode_png, png_b64, sse_events, submit, two_tone
+from tests.clients import (
+    API,
+    SSEStream,
+    assert_contiguous,
+    decode_png,
+    png_b64,
+    sse_events,
+    submit,
+    two_tone,
+)
 from tests.conftest import RedisProcess, Stack, fresh_stack
 from tests.models_diffusion import build_tiny_sd
 

@@ -10,7 +10,17 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
-from tests.clients import API, SSEStream, png_b64, slow_removal, sse_events, submit, two_tone, wait_status, ws_url
+from tests.clients import (
+    API,
+    SSEStream,
+    png_b64,
+    slow_removal,
+    sse_events,
+    submit,
+    two_tone,
+    wait_status,
+    ws_url,
+)
 from tests.conftest import Stack
 
 IMAGE = png_b64(two_tone())

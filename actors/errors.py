@@ -45,5 +45,15 @@ class OutOfMemoryError(TaskFailedError):
     code = ErrorCode.OUT_OF_MEMORY
 
 
+# What onnxruntime (face swap, background removal), CUDA and the C++ allocators say when
+# memory runs out; none of them raises a type of its own that Python code could name.
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+def says_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(message in text for message in OUT_OF_MEMORY_MESSAGES)
+
+
 class TaskCancelledError(Exception):
     """Raised at a progress point when the task's cancel was requested; not a failure."""

@@ -12,7 +12,7 @@ from livepix.images import ImageError, ImageLimits, decode_image, encode_png_bas
 from livepix.wire import QUEUE_OF, ErrorCode, EventType, TaskError, TaskResult, TaskType
 
 from .engines import EngineInput, Engines
-from .errors import InvalidImageError, TaskCancelledError, TaskFailedError
+from .errors import InvalidImageError, TaskCancelledError, TaskFailedError, says_out_of_memory
 from .recorder import Recorder, Reporter
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ class Runner:
         except MemoryError:
             self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory")
         except Exception as exc:
+            if says_out_of_memory(exc):  # onnxruntime and native allocators
+                log.warning("task %s (%s) ran out of memory: %s", task_id, task_type.value, exc)
+                message = f"the worker ran out of memory ({type(exc).__name__}: {str(exc)[:200]})"
+                self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, message)
+                return
             log.exception("task %s (%s) crashed", task_id, task_type.value)
             self._fail(task_id, queue, ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, says_out_of_memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for a CUDA (or CPU allocator) out-of-memory error from torch."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or says_out_of_memory(exc)
 
 
 def free_cuda_memory() -> None:

@@ -199,6 +199,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A livepix data dir holding a tiny u2net, where the default rembg model lives."""
     root = tmp_path_factory.mktemp("data")
     build_tiny_u2net(root / "models" / "rembg" / "models" / "u2net" / "u2net.onnx")
+    # rembg imports pymatting, whose numba functions compile on the first import after
+    # an install (about 40 s here) and are cached from then on. Pay that once, here,
+    # rather than inside the time bound of whichever test's task loads rembg first.
+    subprocess.run([sys.executable, "-c", "import rembg"], check=True, timeout=600)
     return root
 
 

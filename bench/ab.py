@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import DOCS, ROOT, RESULTS, save
+from .common import DOCS, RESULTS, ROOT, save
 
 WAIT_FOR = """                await asyncio.wait_for(
                     websocket.send_text(shape(frame, inline, websocket).text), SEND_TIMEOUT_S

@@ -170,8 +170,8 @@ def plot(result: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-    floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
+    ints = lambda s: [int(x) for x in s.split(",")]
+    floats = lambda s: [float(x) for x in s.split(",")]
     parser.add_argument("--watchers", type=ints, default=[1, 100, 1000], help="comma-separated (1,100,1000)")
     parser.add_argument("--transports", type=lambda s: s.split(","), default=["ws", "sse"])
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per run (5)")

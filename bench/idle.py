@@ -30,7 +30,7 @@ PER_PROCESS = 2500
 
 def watches(url: str) -> int:
     text = httpx.get(url + "/api/v1/metrics", timeout=10).text
-    m = re.search(r"^livepix_watches (\d+)", text, re.M)
+    m = re.search(r"^livepix_watches (\d+)", text, re.MULTILINE)
     return int(m.group(1)) if m else -1
 
 

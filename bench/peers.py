@@ -22,8 +22,9 @@ import sys
 import time
 from typing import Any
 
-from .common import Stack, loadavg, machine, measure_push, raise_nofile, save, table
 from livepix.processes import free_port
+
+from .common import Stack, loadavg, machine, measure_push, raise_nofile, save, table
 
 COLUMNS = ["server", "kind", "watchers", "rate", "deliveries_per_s", "delivered_pct", "server_cpu_pct",
            "deliveries_per_cpu_s", "livepix_ratio", "redis_cpu_pct", "deliveries_per_cpu_s_with_redis",

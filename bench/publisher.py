@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             call = store.progress(task, 2 * step - 1, f"Denoising step {step}/{total}", 3600,
                                   step=step, total=total, eta_s=round((total - step) * 0.2, 1), t_pub=t_pub,
                                   preview=preview)
-            seq, _cancel = recorder._run(call)  # noqa: SLF001 - exactly what Recorder.progress does
+            seq, _cancel = recorder._run(call)
             return int(seq), t_pub
     else:
         import socketio

@@ -25,7 +25,6 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -281,7 +280,7 @@ def plot(result: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.taskpath", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ints = lambda s: [int(x) for x in s.split(",") if x]
     parser.add_argument("--connections", type=ints, default=[1, 16, 64], help="submit clients (1,16,64)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per submit run (5)")
     parser.add_argument("--tasks", type=int, default=40, help="tasks for the submit-to-started latency (40)")

@@ -202,7 +202,8 @@ def plot(result: dict[str, Any]) -> list[str]:
 
 
 def run_submit(args: argparse.Namespace) -> dict[str, Any]:
-    from .common import Stack, loadavg, raise_nofile, table
+    from .common import loadavg, raise_nofile, table
+    from .stack import Stack
     from .taskpath import SUBMIT_COLUMNS, submit_throughput
 
     raise_nofile()

@@ -35,22 +35,10 @@ from typing import Any
 
 import httpx
 
-from .common import (
-    Child,
-    Histogram,
-    Probe,
-    Publisher,
-    Stack,
-    deadline,
-    loadavg,
-    machine,
-    make_tasks,
-    raise_nofile,
-    read_op,
-    save,
-    table,
-)
+from .common import Histogram, deadline, loadavg, machine, raise_nofile, save, table
+from .push import Probe
 from .slow import metric_values
+from .stack import Child, Publisher, Stack, make_tasks, read_op
 
 COLUMNS = ["kind", "mode", "round", "live_watchers", "joins_per_s", "live_per_s", "replayed_per_s", "api_cpu_pct",
            "deliveries_per_cpu_s", "us_per_delivery", "p50_ms", "p99_ms", "catchup_p99_ms", "probe_p99_ms", "gaps",
@@ -284,7 +272,7 @@ async def _early_leave(kind: str, port: int, tasks: list[str], joins: int, max_d
     import random
 
     from .churngen import Mux
-    from .loadgen import HOST, SSE, WS
+    from .watchers import HOST, SSE, WS
 
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(20)
@@ -342,7 +330,7 @@ async def _mux_burst(port: int, tasks: list[str], ops: list[str]) -> int:
     import re as _re
 
     from .churngen import Mux
-    from .loadgen import HOST
+    from .watchers import HOST
 
     seen: dict[str, int] = {}
     counting = False

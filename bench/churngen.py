@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .loadgen import HOST, SSE, WS, Conn
+from .watchers import HOST, SSE, WS, Conn
 
 T_PUB = re.compile(rb'"t_pub":([0-9.]+)')
 SEQ = re.compile(rb'"seq":(\d+)')

@@ -19,15 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    Stack,
-    loadavg,
-    machine,
-    measure_push,
-    raise_nofile,
-    save,
-    table,
-)
+from .common import loadavg, machine, raise_nofile, save, table
+from .push import measure_push
+from .stack import Stack
 
 COLUMNS = ["api", "kind", "watchers", "rate", "deliveries_per_s", "delivered_pct", "server_cpu_pct",
            "deliveries_per_cpu_s", "us_per_delivery", "p50_ms", "p99_ms", "probe_p99_ms",

@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 
-from .common import Clients, Stack, loadavg, machine, make_tasks, raise_nofile, save, table
+from .common import loadavg, machine, raise_nofile, save, table
+from .push import Clients
+from .stack import Stack, make_tasks
 
 COLUMNS = ["kind", "watchers", "server_watches", "rss_mb", "kb_per_conn", "connect_per_s", "idle_cpu_pct",
            "fds", "retries", "failed", "loadavg"]

@@ -21,7 +21,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from .common import Clients, Stack, loadavg, make_tasks, raise_nofile, save
+from .common import loadavg, raise_nofile, save
+from .push import Clients
+from .stack import Stack, make_tasks
 
 HOOK = '''
 import os as _os

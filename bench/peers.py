@@ -24,7 +24,9 @@ from typing import Any
 
 from livepix.processes import free_port
 
-from .common import Stack, loadavg, machine, measure_push, raise_nofile, save, table
+from .common import loadavg, machine, raise_nofile, save, table
+from .push import measure_push
+from .stack import Stack
 
 COLUMNS = ["server", "kind", "watchers", "rate", "deliveries_per_s", "delivered_pct", "server_cpu_pct",
            "deliveries_per_cpu_s", "livepix_ratio", "redis_cpu_pct", "deliveries_per_cpu_s_with_redis",

@@ -22,17 +22,9 @@ import argparse
 import time
 from typing import Any
 
-from .common import (
-    Histogram,
-    Stack,
-    loadavg,
-    machine,
-    measure_push,
-    quantile,
-    raise_nofile,
-    save,
-    table,
-)
+from .common import Histogram, loadavg, machine, quantile, raise_nofile, save, table
+from .push import measure_push
+from .stack import Stack
 
 COLUMNS = ["mode", "watchers", "rate", "requests_per_s", "deliveries_per_s", "server_cpu_pct", "cpu_vs_poll",
            "kb_per_s", "staleness_p50_ms", "staleness_p99_ms", "learned_pct", "loadavg"]

@@ -33,21 +33,9 @@ from typing import Any, Self
 
 import httpx
 
-from .common import (
-    HOST,
-    Clients,
-    Histogram,
-    Publisher,
-    Stack,
-    clients_for,
-    deadline,
-    loadavg,
-    machine,
-    make_tasks,
-    raise_nofile,
-    save,
-    table,
-)
+from .common import HOST, Histogram, deadline, loadavg, machine, raise_nofile, save, table
+from .push import Clients, clients_for
+from .stack import Publisher, Stack, make_tasks
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}

@@ -30,18 +30,9 @@ from typing import Any
 import httpx
 import redis
 
-from .common import (
-    Clients,
-    Histogram,
-    Stack,
-    loadavg,
-    machine,
-    quantile,
-    raise_nofile,
-    save,
-    start_profile,
-    table,
-)
+from .common import Histogram, loadavg, machine, quantile, raise_nofile, save, table
+from .push import Clients
+from .stack import Stack, start_profile
 
 SUBMIT_COLUMNS = ["connections", "submits_per_s", "ok_pct", "p50_ms", "p99_ms", "server_cpu_pct",
                   "us_cpu_per_submit", "redis_cpu_pct", "client_cpu_pct", "loadavg"]
@@ -184,7 +175,7 @@ def progress_round_trips(stack: Stack, events: int) -> dict[str, Any]:
     from actors.recorder import Recorder
     from livepix.config import Settings
 
-    from .common import make_tasks
+    from .stack import make_tasks
 
     task = make_tasks(stack.redis_url, 1)[0]
     recorder = Recorder(redis.Redis.from_url(stack.redis_url), Settings(redis_url=stack.redis_url), "bench")

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, Stack, loadavg, machine, save, table
+from .common import ROOT, loadavg, machine, save, table
+from .stack import Stack
 
 COLUMNS = ["task", "runs", "total_ms", "queue_ms", "overhead_ms", "first_step_ms", "run_ms", "events",
            "warmup_total_ms", "warmup_overhead_ms"]

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +23,7 @@ from typing import Any
 CHUNK_BYTES = 8192
 
 
-class SlowServer:
+class SlowServer(ABC):
     """A threaded HTTP server on a free loopback port whose bodies trickle out.
 
     `bytes_per_s` is shared by every response: bodies are sent one at a time (headers
@@ -52,9 +53,9 @@ class SlowServer:
         """The paths of the GET requests served so far."""
         return [path for method, path in self.requests if method == "GET"]
 
+    @abstractmethod
     def answer(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) for a request; subclasses serve their content."""
-        raise NotImplementedError
 
     def send_body(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         with self._body_lock:

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Generator
 from typing import Any
 
+from .metrics import sent
 from .watch import Frame
 
 
 class Resume:
-    """The rest of a send that `start` began: await it (in the sender task) to finish."""
+    """The rest of a send that `start` began: await it (in the sender task) to finish.
+    The delivery is recorded (`metrics.sent`) once it completes."""
 
     __slots__ = ("_coro", "_waiting_on", "frame")
 
@@ -46,14 +48,17 @@ class Resume:
                 try:
                     waiting_on = coro.send(None)
                 except StopIteration:
+                    sent(self.frame)
                     return
 
 
 def start(send: Awaitable[None], frame: Frame) -> Resume | None:
-    """Run `send` until it completes (None) or waits (its `Resume`); errors propagate."""
+    """Run `send` until it completes (None; the delivery is recorded) or waits (its
+    `Resume`); errors propagate."""
     steps = send.__await__()
     try:
         waiting_on = steps.send(None)
     except StopIteration:
+        sent(frame)
         return None
     return Resume(steps, waiting_on, frame)

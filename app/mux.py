@@ -69,7 +69,6 @@ class Session:
         """Send a live frame from the hub's fan-out (`Watch.direct`)."""
         resume = start(self.ws.send_text(shape(frame, self.inline, self.ws).text), frame)
         if resume is None:
-            sent(frame)
             self._sent[frame.task_id] = frame.seq
         return resume
 
@@ -82,11 +81,11 @@ class Session:
                 return
             try:
                 if isinstance(frame, Resume):
-                    await self.stalls.send(frame)  # a send that the fan-out began
+                    await self.stalls.send(frame)  # a send that the fan-out began (and records)
                     frame = frame.frame
                 else:
                     await self.stalls.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
-                sent(frame)
+                    sent(frame)
                 if frame.seq:
                     self._sent[frame.task_id] = frame.seq
             except TimeoutError:

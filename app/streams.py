@@ -107,7 +107,6 @@ async def events_sse(request: Request) -> Response:
                         await stalls.send(frame)  # a send that the fan-out began
                     except TimeoutError:
                         raise SendTimeoutError() from None
-                    sent(frame.frame)
                     continue
                 yield shape(frame, inline, request).sse()
                 sent(frame)
@@ -179,15 +178,9 @@ class EventStream(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._direct is not None:
             watch, encode = self._direct
-
-            def send_now(frame: Frame) -> Resume | None:
-                body = {"type": "http.response.body", "body": encode(frame), "more_body": True}
-                resume = start(send(body), frame)
-                if resume is None:
-                    sent(frame)
-                return resume
-
-            watch.direct = send_now
+            watch.direct = lambda frame: start(
+                send({"type": "http.response.body", "body": encode(frame), "more_body": True}), frame
+            )
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
@@ -227,19 +220,13 @@ async def task_ws(websocket: WebSocket) -> None:
     del state
     watch = Watch()
 
-    def send_now(frame: Frame) -> Resume | None:
-        resume = start(websocket.send_text(shape(frame, inline, websocket).text), frame)
-        if resume is None:
-            sent(frame)
-        return resume
-
     async def send() -> None:
         try:
             await hub.follow(watch, task_id, since)
         except RedisError:
             await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
-        watch.direct = send_now
+        watch.direct = lambda frame: start(websocket.send_text(shape(frame, inline, websocket).text), frame)
         while True:
             frame = await watch.get()
             if frame is None:
@@ -247,11 +234,11 @@ async def task_ws(websocket: WebSocket) -> None:
                 return
             try:
                 if isinstance(frame, Resume):
-                    await stalls.send(frame)  # a send that the fan-out began
+                    await stalls.send(frame)  # a send that the fan-out began (and records)
                     frame = frame.frame
                 else:
                     await stalls.send(websocket.send_text(shape(frame, inline, websocket).text))
-                sent(frame)
+                    sent(frame)
             except TimeoutError:
                 await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
                 return

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from app.direct import Resume, start
+from app.metrics import DELIVERY_LATENCY
 from app.watch import Frame, Watch
 
 
@@ -14,14 +15,19 @@ def frame(seq: int) -> Frame:
     return Frame.parse(f'{{"task_id": "t", "seq": {seq}, "type": "progress", "ts": 1.0}}')
 
 
-def test_a_send_that_does_not_wait_completes_at_once() -> None:
+def delivered() -> int:
+    return sum(DELIVERY_LATENCY.counts)
+
+
+def test_a_send_that_does_not_wait_completes_at_once_and_is_recorded() -> None:
     done: list[int] = []
+    before = delivered()
 
     async def send() -> None:
         done.append(1)
 
     assert start(send(), frame(1)) is None
-    assert done == [1]
+    assert done == [1] and delivered() == before + 1
 
 
 def test_a_send_that_waits_is_finished_by_the_task_awaiting_its_resume() -> None:
@@ -35,14 +41,15 @@ def test_a_send_that_waits_is_finished_by_the_task_awaiting_its_resume() -> None
             await asyncio.sleep(0)  # a later suspension is passed through too
             steps.append("written")
 
+        before = delivered()
         resume = start(send(), frame(1))
         assert isinstance(resume, Resume) and steps == ["begun"]
         task = asyncio.create_task(_await(resume))
         await asyncio.sleep(0.01)
-        assert steps == ["begun"]
+        assert steps == ["begun"] and delivered() == before  # not delivered yet
         writable.set()
         await task
-        assert steps == ["begun", "written"]
+        assert steps == ["begun", "written"] and delivered() == before + 1
 
     asyncio.run(main())
 

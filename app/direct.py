@@ -6,6 +6,9 @@ about as much as the send itself (docs/benchmarks.md, F8). `start` runs a send
 coroutine up to its first suspension, right where the frame is offered. If it does
 suspend (the transport is paused), the `Resume` it returns is queued ahead of any
 later frame, and the connection's sender task finishes the send in order.
+
+Cheaper still, when the connection's transport can take the event's prepared bytes at
+once (app/prepared.py), `written` puts them there and no ASGI send runs at all.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Generator
 from typing import Any
 
-from .metrics import sent
+from .metrics import Deliveries, sent
+from .prepared import Transport
 from .watch import Frame
 
 
@@ -62,3 +66,13 @@ def start(send: Awaitable[None], frame: Frame) -> Resume | None:
         sent(frame)
         return None
     return Resume(steps, waiting_on, frame)
+
+
+def written(transport: Transport | None, data: bytes, frame: Frame) -> bool:
+    """Whether `transport` took `data`, `frame`'s prepared bytes, at once (the delivery
+    is recorded); if not, nothing was written and the caller sends through ASGI."""
+    if transport is not None and transport.write(data):
+        sent(frame)
+        Deliveries.prepared += 1
+        return True
+    return False

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from livepix.config import Settings, load_settings
@@ -27,6 +28,7 @@ from .keepalive import Keepalive
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
+from .prepared import SERVER_SEND
 from .stalls import Stalls
 from .streams import deny, events_sse, task_ws
 from .tasks import TaskService
@@ -85,6 +87,15 @@ async def unknown_ws(websocket: WebSocket) -> None:
     await deny(websocket, NotFoundError("Not found"))
 
 
+class App(Starlette):
+    """The api: Starlette, keeping the server's own `send` in each scope for the
+    prepared writes of the fan-out (app/prepared.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     if not settings.redis_url:
@@ -132,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await client.aclose()
             await pool.aclose()
 
-    return Starlette(
+    return App(
         routes=build_routes(),
         middleware=[Middleware(AuthMiddleware, authenticator=authenticator)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -40,6 +40,13 @@ class Histogram:
 DELIVERY_LATENCY = Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 
 
+class Deliveries:
+    """Process-wide count of deliveries written as prepared bytes (app/prepared.py):
+    after a uvicorn upgrade, 0 here means every delivery takes the slower ASGI path."""
+
+    prepared = 0
+
+
 def sent(frame: Frame) -> None:
     """Record a task event handed to a client: the time since its worker published it."""
     ts = frame.event.get("ts")
@@ -65,6 +72,7 @@ async def metrics(request: Request) -> Response:
         _line("livepix_progress_coalesced_total", Pressure.coalesced, "progress events replaced by a newer one for a slow client", "counter"),
         _line("livepix_progress_dropped_total", Pressure.dropped, "progress events dropped for a full outbox", "counter"),
         _line("livepix_slow_clients_closed_total", Pressure.overflowed + Pressure.stalled, "connections closed as too slow (outbox full or a send blocked past the timeout)", "counter"),
+        _line("livepix_deliveries_prepared_total", Deliveries.prepared, "task events written straight to a client's transport, past the ASGI send", "counter"),
         DELIVERY_LATENCY.render("livepix_delivery_latency_seconds", "publish (event ts) to hand-over to the client socket"),
     ]
     submitted = "".join(

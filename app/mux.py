@@ -21,10 +21,11 @@ from livepix.images import ImageLimits
 from livepix.wire import MAX_SEQ, ErrorCode, WsClose, dumps
 
 from .auth import Authenticator, Caller
-from .direct import Resume, start
+from .direct import Resume, start, written
 from .errors import ApiError, UnauthorizedError
 from .hub import Hub
 from .metrics import sent
+from .prepared import websocket_transport
 from .stalls import Stalls
 from .streams import close, inline_param, run_until_first_done, shape
 from .tasks import TaskService
@@ -54,6 +55,7 @@ class Session:
         self.caller: Caller = websocket.state.caller
         self.watch = Watch()
         self.inline = inline_param(websocket)
+        self.transport = websocket_transport(websocket.scope)
         self._joining: dict[str, asyncio.Task[None]] = {}
         # The last seq this socket sent per task: a repeated subscribe never re-sends,
         # until the client unsubscribes.
@@ -67,7 +69,11 @@ class Session:
 
     def send_now(self, frame: Frame) -> Resume | None:
         """Send a live frame from the hub's fan-out (`Watch.direct`)."""
-        resume = start(self.ws.send_text(shape(frame, self.inline, self.ws).text), frame)
+        shaped = shape(frame, self.inline, self.ws)
+        if written(self.transport, shaped.ws_frame(), frame):
+            resume = None
+        else:
+            resume = start(self.ws.send_text(shaped.text), frame)
         if resume is None:
             self._sent[frame.task_id] = frame.seq
         return resume

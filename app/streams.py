@@ -17,11 +17,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livepix.wire import MAX_SEQ, WsClose
 
-from .direct import Resume, start
+from .direct import Resume, start, written
 from .errors import ApiError, InvalidInputError, NotFoundError
 from .hub import Hub
 from .keepalive import Keepalive
 from .metrics import sent
+from .prepared import chunked_transport, websocket_transport
 from .stalls import SEND_TIMEOUT_S, Stalls
 from .tasks import TaskService
 from .watch import Frame, Watch
@@ -120,7 +121,7 @@ async def events_sse(request: Request) -> Response:
     return EventStream(
         stream(),
         stalls=stalls,
-        direct=(watch, lambda frame: shape(frame, inline, request).sse()),
+        direct=(watch, lambda frame: shape(frame, inline, request)),
         ping=0,  # app.keepalive pings every stream from one task
         headers=_SSE_HEADERS,
         shutdown_event=_EndOnShutdown(watch),
@@ -146,9 +147,9 @@ class EventStream(EventSourceResponse):
     - its per-message send timeout is enforced by the process's stall check (`stalls`)
       instead of an anyio cancel scope per message; a stream whose send stays blocked
       past the timeout ends as too slow, quietly: the client resumes from its last id;
-    - `direct` = (watch, encode): while the stream's generator waits for a frame, the
-      hub's fan-out writes a live frame itself (app/direct.py), without resuming the
-      generator and sse-starlette's loop around it. The generator only ever waits in
+    - `direct` = (watch, shape): while the stream's generator waits for a frame, the
+      hub's fan-out writes a live frame, shaped for this client, itself (app/direct.py,
+      app/prepared.py), without resuming the generator and sse-starlette's loop. The generator only ever waits in
       `watch.get()` once sse-starlette has sent what it yielded before, so the order
       holds."""
 
@@ -157,7 +158,7 @@ class EventStream(EventSourceResponse):
         content: AsyncIterator[bytes],
         *,
         stalls: Stalls | None = None,
-        direct: tuple[Watch, Callable[[Frame], bytes]] | None = None,
+        direct: tuple[Watch, Callable[[Frame], Frame]] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(content, send_timeout=SEND_TIMEOUT_S, **options)
@@ -177,10 +178,16 @@ class EventStream(EventSourceResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._direct is not None:
-            watch, encode = self._direct
-            watch.direct = lambda frame: start(
-                send({"type": "http.response.body", "body": encode(frame), "more_body": True}), frame
-            )
+            watch, shape = self._direct
+            transport = chunked_transport(scope)
+
+            def direct(frame: Frame) -> Resume | None:
+                shaped = shape(frame)
+                if written(transport, shaped.sse_chunk(), frame):
+                    return None
+                return start(send({"type": "http.response.body", "body": shaped.sse(), "more_body": True}), frame)
+
+            watch.direct = direct
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
@@ -226,7 +233,15 @@ async def task_ws(websocket: WebSocket) -> None:
         except RedisError:
             await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
             return
-        watch.direct = lambda frame: start(websocket.send_text(shape(frame, inline, websocket).text), frame)
+        transport = websocket_transport(websocket.scope)
+
+        def direct(frame: Frame) -> Resume | None:
+            shaped = shape(frame, inline, websocket)
+            if written(transport, shaped.ws_frame(), frame):
+                return None
+            return start(websocket.send_text(shaped.text), frame)
+
+        watch.direct = direct
         while True:
             frame = await watch.get()
             if frame is None:

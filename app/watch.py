@@ -1,8 +1,9 @@
 """Frames and watches: what the hub hands to each client connection.
 
 A `Frame` is one event, decoded once and serialized once per api process (SSE bytes,
-WebSocket text), whatever the number of watchers. A `Watch` is one connection's
-bounded outbox. The hub's listener calls `offer` and never waits on a client.
+WebSocket text, and both as prepared writes), whatever the number of watchers. A
+`Watch` is one connection's bounded outbox. The hub's listener calls `offer` and never
+waits on a client.
 
 Slow-client policy (SPEC section 4), counting live frames only (a follow's history is
 read at the client's pace, so it is queued whole and never coalesced):
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from livepix.wire import TERMINAL_EVENTS, EventType, dumps
+
+from .prepared import http_chunk, ws_text_frame
 
 if TYPE_CHECKING:
     from .direct import Resume
@@ -50,6 +53,8 @@ class Frame:
     text: str
     event: dict[str, Any]
     _sse: bytes | None = None
+    _ws_frame: bytes | None = None
+    _sse_chunk: bytes | None = None
     _lean: Frame | None = None
     _by_ref: Frame | None = None
 
@@ -70,6 +75,18 @@ class Frame:
         if self._sse is None:
             self._sse = f"id: {self.seq}\nevent: {self.type}\ndata: {self.text}\n\n".encode()
         return self._sse
+
+    def ws_frame(self) -> bytes:
+        """The WebSocket text frame of `text`, header included (app/prepared.py)."""
+        if self._ws_frame is None:
+            self._ws_frame = ws_text_frame(self.text.encode())
+        return self._ws_frame
+
+    def sse_chunk(self) -> bytes:
+        """`sse()` as a chunk of a chunked HTTP response (app/prepared.py)."""
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse())
+        return self._sse_chunk
 
     def lean(self) -> Frame:
         """This frame without its preview: what a client under pressure gets."""

@@ -19,6 +19,7 @@ from .wire import Queue, TaskType
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.types import ASGIApp
 
 WS_MAX_SIZE_BYTES = 64 * 1024
 GC_THRESHOLD_GEN0 = 50_000
@@ -132,21 +133,30 @@ class RedactTokens(logging.Filter):
         return True
 
 
+def api_config(app: ASGIApp, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    """How the api runs under uvicorn (tests serve their apps the same way)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",  # these two are what app/prepared.py writes to directly
+        ws="websockets-sansio",
+        ws_max_size=WS_MAX_SIZE_BYTES,
+        ws_per_message_deflate=False,  # small messages: deflate costs more than it saves
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
 def run_api(settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ws_max_size=WS_MAX_SIZE_BYTES,
-        ws_per_message_deflate=False,  # small messages: deflate costs more than it saves
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    config = api_config(create_app(settings), settings.host, settings.port, settings.log_level)
     # Each connection holds hundreds of long-lived objects and each message allocates
     # more: with the default thresholds, full collections stall the loop for 100 ms+
     # (docs/benchmarks.md, F2). Freeze what startup built and collect less often.

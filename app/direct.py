@@ -73,6 +73,7 @@ def written(transport: Transport | None, data: bytes, frame: Frame) -> bool:
     is recorded); if not, nothing was written and the caller sends through ASGI."""
     if transport is not None and transport.write(data):
         sent(frame)
-        Deliveries.prepared += 1
+        if frame.seq:  # a task event, not a keepalive
+            Deliveries.prepared += 1
         return True
     return False

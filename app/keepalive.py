@@ -1,48 +1,47 @@
 """SSE keepalives: one task for every stream of the api process.
 
-A comment line every `every_s` seconds keeps proxies and load balancers from closing a
-quiet stream. sse-starlette would run a ping task per connection (about 2 KB each, and
-a wake-up per stream); here the streams are spread over one-second buckets, so that the
-pings of 10,000 streams go out as 1/N of them each second rather than all at once.
+A comment line keeps proxies and load balancers from closing a quiet stream: each
+stream that has sent nothing for `every_s` seconds gets one, so a busy stream gets
+none and a quiet one one every `every_s` seconds (give or take the one-second tick).
+sse-starlette would run a ping task per connection (about 2 KB each, and a wake-up
+per stream, busy or not); here one check a second looks at every stream, and the
+pings of many streams spread out as their last sends do. A ping goes out like a live
+event: straight from here while the stream's sender waits (app/watch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import time
 
 from .watch import Frame, Watch
 
 PING = Frame(task_id="", seq=0, type="ping", text="", event={}, _sse=b": ping\n\n")
+TICK_S = 1.0
 
 
 class Keepalive:
     def __init__(self, every_s: int) -> None:
         self.every_s = max(1, every_s)
-        self._buckets: list[set[Watch]] = [set() for _ in range(self.every_s)]
-        self._next = itertools.count()
-        self._bucket_of: dict[Watch, set[Watch]] = {}
+        self._watches: set[Watch] = set()
 
     def add(self, watch: Watch) -> None:
-        bucket = self._buckets[next(self._next) % self.every_s]
-        bucket.add(watch)
-        self._bucket_of[watch] = bucket
+        self._watches.add(watch)
 
     def discard(self, watch: Watch) -> None:
-        bucket = self._bucket_of.pop(watch, None)
-        if bucket is not None:
-            bucket.discard(watch)
+        self._watches.discard(watch)
 
-    def tick(self, n: int) -> int:
-        """Ping the idle streams of bucket `n`; how many got a ping."""
+    def tick(self, now: float) -> int:
+        """Ping the streams quiet for `every_s` at `now` (time.monotonic); how many."""
+        quiet_since = now - self.every_s
         pinged = 0
-        for watch in self._buckets[n % self.every_s]:
-            if not watch.pending():  # a stream with frames to send is not quiet
+        for watch in self._watches:
+            if watch.sent_at <= quiet_since and not watch.pending():
                 watch.say(PING)
                 pinged += 1
         return pinged
 
     async def run(self) -> None:
-        for n in itertools.count():
-            await asyncio.sleep(1.0)
-            self.tick(n)
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.tick(time.monotonic())

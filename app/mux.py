@@ -74,7 +74,7 @@ class Session:
             resume = None
         else:
             resume = start(self.ws.send_text(shaped.text), frame)
-        if resume is None:
+        if resume is None and frame.seq:
             self._sent[frame.task_id] = frame.seq
         return resume
 

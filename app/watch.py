@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,9 @@ class Watch:
     # A Future only while `get` waits: an asyncio.Event per idle connection would cost
     # a deque (~0.8 KB) each (docs/benchmarks.md, F7).
     _waiter: asyncio.Future[None] | None = None
+    # When a frame last went out (or was handed to the sender): SSE keepalives skip the
+    # streams that are not quiet (app/keepalive.py).
+    sent_at: float = field(default_factory=time.monotonic)
 
     def begin(self, task_id: str, since: int) -> None:
         """Start following `task_id` after `since`; live frames wait for `end_sync`."""
@@ -197,24 +201,27 @@ class Watch:
             self.overflowed = True
             self._wake()
             return
-        if self.direct is not None and self._idle() and not frame.terminal:
-            try:
-                resume = self.direct(frame)
-            except Exception:  # noqa: BLE001, S110 - the sender task meets it again, and ends
-                pass
-            else:
-                follow.high = frame.seq
-                follow.progress_slot = None
-                if resume is not None:
-                    self._out.append(resume)
-                    self._wake()
-                return
+        if not frame.terminal and self._send_now(frame):
+            follow.high = frame.seq
+            follow.progress_slot = None
+            return
         self._queue(follow, frame, [frame])
 
-    def _idle(self) -> bool:
-        """Whether the sender task waits for a frame, with nothing queued or on its way."""
+    def _send_now(self, frame: Frame) -> bool:
+        """Send `frame` from here through `direct` if the sender task is idle; whether
+        it is sent (or its send is begun, and queued to be finished in order)."""
         waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._out
+        if self.direct is None or waiter is None or waiter.done() or self._out:
+            return False  # the sender task is busy: queue behind what it has
+        try:
+            resume = self.direct(frame)
+        except Exception:  # noqa: BLE001 - queued instead: the sender task meets it again, and ends
+            return False
+        self.sent_at = time.monotonic()
+        if resume is not None:
+            self._out.append(resume)
+            self._wake()
+        return True
 
     def _queue(self, follow: _Follow, frame: Frame, slot: list[Frame] | tuple[Frame]) -> None:
         follow.progress_slot = slot if frame.droppable and isinstance(slot, list) else None
@@ -241,6 +248,7 @@ class Watch:
                 self._waiter = None
         if self.overflowed:
             return None
+        self.sent_at = time.monotonic()
         slot = self._out.pop(0)
         if isinstance(slot, tuple):
             self._history -= 1
@@ -253,9 +261,11 @@ class Watch:
         return frame
 
     def say(self, frame: Frame) -> None:
-        """Queue a reply that is not a task event (WebSocket control messages)."""
+        """Send a frame that is not a task event (a WebSocket reply, an SSE keepalive)."""
         if len(self._out) >= self.max_frames:
             self.overflowed = True
+        elif self._send_now(frame):
+            return
         else:
             self._out.append([frame])
         self._wake()

@@ -1,26 +1,53 @@
-"""Keepalive buckets: each stream is pinged once per period, only while it is quiet."""
+"""Keepalives: a stream is pinged once it has been quiet for the period, never while busy."""
 
 from __future__ import annotations
 
+import asyncio
+
 from app.keepalive import PING, Keepalive
-from app.watch import Watch
+from app.watch import Frame, Watch
 
 
-def test_each_stream_is_pinged_once_per_period_spread_over_the_buckets() -> None:
-    keepalive = Keepalive(every_s=3)
-    watches = [Watch() for _ in range(9)]
-    for watch in watches:
-        keepalive.add(watch)
-    assert [keepalive.tick(n) for n in range(3)] == [3, 3, 3]
-    assert all(watch.pending() == 1 for watch in watches)
+def test_a_stream_is_pinged_once_quiet_for_the_period_and_again_a_period_later() -> None:
+    keepalive = Keepalive(every_s=15)
+    watch = Watch()
+    keepalive.add(watch)
+    start = watch.sent_at
+    assert keepalive.tick(start + 14) == 0
+    assert keepalive.tick(start + 15) == 1 and watch.pending() == 1
+    assert keepalive.tick(start + 16) == 0  # its ping is still queued
 
 
-def test_a_stream_with_frames_queued_is_not_pinged_and_a_gone_one_never() -> None:
+def test_a_stream_that_sent_recently_or_has_frames_queued_is_not_pinged_and_a_gone_one_never() -> None:
     keepalive = Keepalive(every_s=1)
-    busy, gone = Watch(), Watch()
-    keepalive.add(busy)
-    keepalive.add(gone)
+    busy, recent, gone = Watch(), Watch(), Watch()
+    for watch in (busy, recent, gone):
+        keepalive.add(watch)
     busy.say(PING)
     keepalive.discard(gone)
-    assert keepalive.tick(0) == 0
-    assert busy.pending() == 1 and gone.pending() == 0
+    recent.sent_at = gone.sent_at + 10
+    assert keepalive.tick(gone.sent_at + 5) == 0
+    assert busy.pending() == 1 and recent.pending() == 0 and gone.pending() == 0
+
+
+def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period() -> None:
+    async def main() -> None:
+        keepalive = Keepalive(every_s=1)
+        watch = Watch()
+        sent: list[Frame] = []
+
+        def direct(frame: Frame) -> None:
+            sent.append(frame)
+
+        watch.direct = direct
+        keepalive.add(watch)
+        waiting = asyncio.create_task(watch.get())
+        await asyncio.sleep(0)  # the sender waits for a frame
+        now = watch.sent_at + 2
+        assert keepalive.tick(now) == 1
+        assert sent == [PING] and watch.pending() == 0 and not waiting.done()
+        assert watch.sent_at > now - 2
+        assert keepalive.tick(watch.sent_at + 0.5) == 0
+        waiting.cancel()
+
+    asyncio.run(main())

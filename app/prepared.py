@@ -17,7 +17,7 @@ The WebSocket frames are what uvicorn would send: final, unmasked, no extension
 uvicorn's own frames (pings, close) never land inside one.
 
 Measured: 26.8 -> 18.0 us of api CPU per WebSocket delivery at 1,000 watchers
-(docs/benchmarks.md, F10).
+(docs/benchmarks.md, F13).
 """
 
 from __future__ import annotations

@@ -169,9 +169,10 @@ def measure_push(stack: Stack, server: Child, port: int, kind: str, watchers: in
                  seconds: float, *, tasks: Sequence[str] | None = None, via: str = "store",
                  path: str | None = None, processes: int | None = None, stall: float = 0.0,
                  log: bool = False, drain_s: float = 1.0, label: str = "livepix",
-                 profile: str | None = None) -> dict[str, Any]:
+                 profile: str | None = None, probe_s: float | None = 0.1) -> dict[str, Any]:
     """Open `watchers` connections of `kind` on `tasks` (a fresh task by default), publish
-    `rate` events/s for `seconds`, and measure the server process and the clients."""
+    `rate` events/s for `seconds`, and measure the server process and the clients (and,
+    unless `probe_s` is None, the event-loop lag with a healthz probe every `probe_s`)."""
     tasks = list(tasks or make_tasks(stack.redis_url, 1))
     extra = ["--path", path] if path else []
     rss_before = server.rss()
@@ -196,7 +197,8 @@ def measure_push(stack: Stack, server: Child, port: int, kind: str, watchers: in
         cpu0, rcpu0, ccpu0, w0 = server.cpu(), stack.redis.cpu(), clients.cpu(), time.perf_counter()
         sys0 = server.sys_cpu()
         spy = start_profile(server, profile, seconds) if profile else None
-        with Probe(port, 0.1) as probe:
+        probe = Probe(port, probe_s) if probe_s else None
+        with probe or contextlib.nullcontext():
             publisher.go()
             done = publisher.done()
             time.sleep(drain_s)
@@ -237,7 +239,7 @@ def measure_push(stack: Stack, server: Child, port: int, kind: str, watchers: in
         "bytes_in_per_s": round(report["bytes_in"] / wall), "bytes_out_per_s": round(report["bytes_out"] / wall),
         "requests_per_s": round(report["requests"] / wall, 1), "closed": report["closed"],
         "gaps": report["gaps"], "dups": report["dups"], "loadavg": la, "wall_s": round(wall, 2),
-        **probe.summary(),
+        **(probe.summary() if probe else {}),
     }
     if log:
         row["_pub_log"] = done["log"]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0  # silence after which the hub pings Redis; no pong in as long = dead
 SUBSCRIBE_TIMEOUT_S = 3.0
 RECONNECT_MAX_DELAY_S = 1.0
+FAN_OUT_SLICE = 500  # watches offered one frame between two turns of the event loop
 
 ReadLog = Callable[[str, int], Awaitable[list[str]]]
 
@@ -193,7 +194,7 @@ class Hub:
                     pinged = True
                     continue
                 pinged = False
-                self._handle(message)
+                await self._handle(message)
         finally:
             self.connected.clear()
             self._pubsub = None
@@ -206,7 +207,7 @@ class Hub:
             except (RedisError, OSError):
                 pass
 
-    def _handle(self, message: dict[str, object]) -> None:
+    async def _handle(self, message: dict[str, object]) -> None:
         kind = message["type"]
         raw_name = message.get("channel")
         name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
@@ -220,7 +221,7 @@ class Hub:
             if ch.held is not None:
                 ch.held.append(frame)
             else:
-                self._fan_out(ch, frame)
+                await self._fan_out(ch, frame)
         elif kind in ("subscribe", "unsubscribe"):
             acks = self._acks.get(name)
             future = acks.popleft() if acks else None
@@ -230,13 +231,28 @@ class Hub:
                 if ch is not None and ch.held is not None:
                     asyncio.get_running_loop().create_task(self._replay(name, ch))
 
-    def _fan_out(self, ch: _Channel, frame: Frame) -> None:
-        for watch in ch.watches:
-            watch.offer(frame)
-        self.deliveries += len(ch.watches)
+    async def _fan_out(self, ch: _Channel, frame: Frame) -> None:
+        """Offer `frame` to every watch of `ch`. A big channel's fan-out lets the event
+        loop run between slices, so that one event to thousands of watchers does not
+        hold up every other request for the whole of it. The listener awaits the fan-out
+        before it reads the next message: frames still reach each watch in order. A watch
+        that leaves meanwhile ignores the frame; one that joins reads it from the log."""
+        watches = ch.watches
+        if len(watches) <= FAN_OUT_SLICE:
+            for watch in watches:
+                watch.offer(frame)
+        else:
+            snapshot = list(watches)
+            for start in range(0, len(snapshot), FAN_OUT_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for watch in snapshot[start : start + FAN_OUT_SLICE]:
+                    watch.offer(frame)
+        self.deliveries += len(watches)
 
     async def _replay(self, name: str, ch: _Channel) -> None:
         """After a reconnect: re-read the log from the lowest seq any watch has."""
+        held = ch.held  # this replay's: another reconnect meanwhile holds in a new list
         since = min((w.high(ch.task_id) for w in ch.watches), default=0)
         try:
             texts = await self._read_log(ch.task_id, since)
@@ -244,13 +260,18 @@ class Hub:
             # Without the log the held frames would leave a gap: close these watches
             # instead, and their clients resume from their last seq.
             log.warning("replay of %s failed (%s); closing its watches", ch.task_id, exc)
-            ch.held = None
+            if ch.held is held:
+                ch.held = None
             for watch in list(ch.watches):
                 watch.fail()
             return
-        held, ch.held = ch.held or [], None
-        if self._channels.get(name) is not ch:
-            return
-        for frame in [Frame.parse(t) for t in texts] + held:
-            self._fan_out(ch, frame)
-
+        if held is None or ch.held is not held or self._channels.get(name) is not ch:
+            return  # superseded by a later replay, or nobody watches any more
+        for frame in [Frame.parse(t) for t in texts]:
+            await self._fan_out(ch, frame)
+        # Frames arriving while the fan-outs above yield are held too, in order; live
+        # fan-out resumes only once none is left.
+        while held:
+            await self._fan_out(ch, held.pop(0))
+        if ch.held is held:
+            ch.held = None

@@ -243,7 +243,7 @@ _TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": _UUID}
 _SINCE = _INT | {"minimum": 0}
 _SSE = ("A `retry:` hint, then each event after the resume point as `id: <seq>`, "
         "`event: <type>`, `data: <Event JSON>` (its `result` inline unless `inline=0`), and a "
-        "keepalive comment every 15 s; the stream ends after the terminal event. While Redis "
+        "keepalive comment after 15 s without an event; the stream ends after the terminal event. While Redis "
         "is down: 200 with only `retry:`, never a 5xx (EventSource would give up for good).")
 _READY = {"redis": _BOOL, "hub": _BOOL}
 

@@ -1,7 +1,7 @@
 """Summarize py-spy collapsed stacks (`py-spy record -f raw`): the functions with the
 most samples, by self time and by inclusive time, as a share of all samples.
 
-    python -m bench.profile_view bench/results/profile-fanout-ws-1000.txt [--top 25]
+    python -m bench.profile_view bench/results/profile-fanout-livepix-ws-1000.txt [--top 25]
 """
 
 from __future__ import annotations

@@ -238,17 +238,17 @@ class Hub:
         before it reads the next message: frames still reach each watch in order. A watch
         that leaves meanwhile ignores the frame; one that joins reads it from the log."""
         watches = ch.watches
+        self.deliveries += len(watches)
         if len(watches) <= FAN_OUT_SLICE:
             for watch in watches:
                 watch.offer(frame)
-        else:
-            snapshot = list(watches)
-            for start in range(0, len(snapshot), FAN_OUT_SLICE):
-                if start:
-                    await asyncio.sleep(0)
-                for watch in snapshot[start : start + FAN_OUT_SLICE]:
-                    watch.offer(frame)
-        self.deliveries += len(watches)
+            return
+        snapshot = list(watches)
+        for start in range(0, len(snapshot), FAN_OUT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for watch in snapshot[start : start + FAN_OUT_SLICE]:
+                watch.offer(frame)
 
     async def _replay(self, name: str, ch: _Channel) -> None:
         """After a reconnect: re-read the log from the lowest seq any watch has."""

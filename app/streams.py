@@ -147,11 +147,11 @@ class EventStream(EventSourceResponse):
     - its per-message send timeout is enforced by the process's stall check (`stalls`)
       instead of an anyio cancel scope per message; a stream whose send stays blocked
       past the timeout ends as too slow, quietly: the client resumes from its last id;
-    - `direct` = (watch, shape): while the stream's generator waits for a frame, the
-      hub's fan-out writes a live frame, shaped for this client, itself (app/direct.py,
-      app/prepared.py), without resuming the generator and sse-starlette's loop. The generator only ever waits in
-      `watch.get()` once sse-starlette has sent what it yielded before, so the order
-      holds."""
+    - `direct` = (watch, for_client): while the stream's generator waits for a frame,
+      the hub's fan-out writes a live frame, shaped for this client, itself
+      (app/direct.py, app/prepared.py), without resuming the generator and
+      sse-starlette's loop. The generator only ever waits in `watch.get()` once
+      sse-starlette has sent what it yielded before, so the order holds."""
 
     def __init__(
         self,
@@ -178,11 +178,11 @@ class EventStream(EventSourceResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._direct is not None:
-            watch, shape = self._direct
+            watch, for_client = self._direct
             transport = chunked_transport(scope)
 
             def direct(frame: Frame) -> Resume | None:
-                shaped = shape(frame)
+                shaped = for_client(frame)
                 if written(transport, shaped.sse_chunk(), frame):
                     return None
                 return start(send({"type": "http.response.body", "body": shaped.sse(), "more_body": True}), frame)

@@ -97,3 +97,14 @@ def test_a_cancel_during_fetch_leaves_no_partial_file(tmp_path: Path) -> None:
 
 def test_sizes_read_in_mb_then_gb() -> None:
     assert [size_text(n) for n in (1_500_000, 812_000_000, 4_300_000_000)] == ["1.5 MB", "812 MB", "4.3 GB"]
+
+
+def test_a_local_file_error_names_the_error_but_not_the_worker_s_paths(tmp_path: Path) -> None:
+    blocker = tmp_path / "models"
+    blocker.write_bytes(b"a file where the model folder should be")
+    progress = Progress(recorder([]), "the model", 2, 8)
+    with pytest.raises(ModelUnavailableError) as failure:
+        fetch("http://127.0.0.1:9/m.onnx", blocker / "m.onnx", progress, source="SETTING=url", hint="do Y")
+    message = failure.value.message
+    assert message.startswith("SETTING=url could not be fetched (") and message.endswith("; do Y")
+    assert str(tmp_path) not in message

@@ -7,6 +7,7 @@ its download (and leaves no partial file behind).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -107,8 +108,12 @@ def fetch(
                     digest.update(chunk)
                     progress.advance(len(chunk))
         except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
+            # The task's error reaches API clients: a local file error says what went
+            # wrong, not where on the worker; the worker's log has the whole of it.
+            log.warning("fetching %s into %s failed: %r", url, target, exc)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.filename else exc
             raise ModelUnavailableError(
-                f"{source} could not be fetched ({type(exc).__name__}: {exc}); {hint}"
+                f"{source} could not be fetched ({type(exc).__name__}: {detail}); {hint}"
             ) from exc
         if md5 is not None and digest.hexdigest() != md5:
             raise ModelUnavailableError(
@@ -118,5 +123,6 @@ def fetch(
         os.replace(partial, target)
         log.info("fetched %s into %s", url, target)
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. its folder could not be made: nothing to remove
+            partial.unlink(missing_ok=True)
     return target

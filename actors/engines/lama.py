@@ -60,7 +60,10 @@ def fetch(url: str, settings: Settings, report: Report) -> Path:
         target,
         download.Progress(report, f"the LaMa model {target.name}", 6, 8),
         source=f"{SETTING}={url}",
-        hint=f"this worker may be offline: put the file at {target} or point {SETTING} at a local file",
+        hint=(
+            f"this worker may be offline: put {target.name} in the lama folder of its model "
+            f"directory (under LIVEPIX_DATA_DIR) or point {SETTING} at a local file"
+        ),
     )
     return target
 

@@ -64,7 +64,11 @@ def result_url(conn: HTTPConnection, task_id: str) -> str:
 
 
 def shape(frame: Frame, inline: bool, conn: HTTPConnection) -> Frame:
-    return frame if inline else frame.by_reference(result_url(conn, frame.task_id))
+    """`frame` as this client asked: with `inline=0`, a result image becomes its URL.
+    Only a task's final event carries a result; keepalives and replies have no task."""
+    if inline or "result" not in frame.event:
+        return frame
+    return frame.by_reference(result_url(conn, frame.task_id))
 
 
 async def events_sse(request: Request) -> Response:

@@ -137,3 +137,21 @@ def test_a_repeated_subscribe_never_re_sends_but_one_after_unsubscribe_honours_s
         assert json.loads(ws.recv(timeout=10)) == {"op": "unsubscribed", "task_id": task_id}
         ws.send(json.dumps({"op": "subscribe", "task_id": task_id, "since": 0}))
         assert collect(ws, {task_id}) == everything  # as asked: from the start
+
+
+def test_replies_reach_a_socket_that_asked_for_results_by_reference(stack: Stack) -> None:
+    task_id = submit(stack.url, task())
+    with ws_client.connect(ws_url(stack.url, "/ws?inline=0")) as ws:
+        ws.send(json.dumps({"op": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"op": "pong"}
+        ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
+        events = []
+        while not events or events[-1]["type"] not in ("succeeded", "failed", "cancelled"):
+            message = json.loads(ws.recv(timeout=60))
+            if "seq" in message:
+                events.append(message)
+        assert events[-1]["type"] == "succeeded"
+        assert "image_data" not in events[-1]["result"]
+        assert events[-1]["result"]["image_url"].endswith(f"/tasks/{task_id}/result.png")
+        ws.send(json.dumps({"op": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"op": "pong"}

@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.clients import (
     API,
@@ -146,12 +147,13 @@ def test_sse_stream_sends_retry_hint_and_ends_after_terminal_event(stack: Stack)
     assert events[-1]["type"] == "succeeded"
 
 
-def test_a_quiet_sse_stream_gets_keepalive_comments(new_stack: Stack) -> None:
+@pytest.mark.parametrize("query", ["", "?inline=0"])
+def test_a_quiet_sse_stream_gets_keepalive_comments(new_stack: Stack, query: str) -> None:
     new_stack.env["LIVEPIX_SSE_KEEPALIVE_S"] = "1"
     url = new_stack.add_api()
     task_id = submit(url, {"task_type": "background_removal", "image": png_b64(two_tone())})
     lines: list[str] = []
-    with httpx.stream("GET", f"{url}{API}/tasks/{task_id}/events", timeout=10) as response:
+    with httpx.stream("GET", f"{url}{API}/tasks/{task_id}/events{query}", timeout=10) as response:
         started = time.monotonic()
         for line in response.iter_lines():  # no worker: the task stays queued, the stream quiet
             lines.append(line)
@@ -160,3 +162,4 @@ def test_a_quiet_sse_stream_gets_keepalive_comments(new_stack: Stack) -> None:
     assert lines.count(": ping") == 3, lines
     assert "event: queued" in lines  # the history came first, then the keepalives
     assert lines.index("event: queued") < lines.index(": ping")
+    assert "Traceback" not in new_stack.logs()

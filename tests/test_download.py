@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,31 @@ def test_a_local_file_error_names_the_error_but_not_the_worker_s_paths(tmp_path:
     message = failure.value.message
     assert message.startswith("SETTING=url could not be fetched (") and message.endswith("; do Y")
     assert str(tmp_path) not in message
+
+
+def test_a_download_cut_short_is_not_kept_and_an_http_error_is_named(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(count: int) -> None:
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with conn:
+                request = conn.recv(65536)
+                if b" /gone " in request:
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                else:  # promises 1,000 bytes, sends 10, hangs up
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + b"x" * 10)
+
+    server = threading.Thread(target=serve, args=(2,), daemon=True)
+    server.start()
+    try:
+        target = tmp_path / "m.onnx"
+        with pytest.raises(ModelUnavailableError, match=r"\(ConnectionError: got 10 of 1000 bytes\); do Y"):
+            fetch(f"http://127.0.0.1:{port}/m.onnx", target, Progress(recorder([]), "m", 2, 8), source="S", hint="do Y")
+        assert not list(tmp_path.iterdir())
+        with pytest.raises(ModelUnavailableError, match=r"\(HTTPError: HTTP Error 404: Not Found\); do Y"):
+            fetch(f"http://127.0.0.1:{port}/gone", target, Progress(recorder([]), "m", 2, 8), source="S", hint="do Y")
+    finally:
+        server.join(5)
+        listener.close()

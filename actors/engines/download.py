@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -102,16 +103,23 @@ def fetch(
             ):
                 length = response.headers.get("Content-Length")
                 progress.total = int(length) if length and length.isdigit() else None
+                received = 0
                 # read1: whatever has arrived, so that a slow link still shows progress
                 while chunk := response.read1(READ_BYTES):
                     out.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
                     progress.advance(len(chunk))
+            if progress.total is not None and received != progress.total:
+                # read1 ends quietly when the server closes early
+                raise ConnectionError(f"got {received} of {progress.total} bytes")
         except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
             # The task's error reaches API clients: a local file error says what went
             # wrong, not where on the worker; the worker's log has the whole of it.
             log.warning("fetching %s into %s failed: %r", url, target, exc)
-            detail = exc.strerror if isinstance(exc, OSError) and exc.filename else exc
+            detail: object = exc
+            if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
+                detail = exc.strerror if exc.filename and exc.strerror else exc
             raise ModelUnavailableError(
                 f"{source} could not be fetched ({type(exc).__name__}: {detail}); {hint}"
             ) from exc

@@ -18,6 +18,7 @@ from .watch import Frame, Watch
 
 PING = Frame(task_id="", seq=0, type="ping", text="", event={}, _sse=b": ping\n\n")
 TICK_S = 1.0
+PING_SLICE = 500  # streams pinged between two turns of the event loop
 
 
 class Keepalive:
@@ -31,17 +32,23 @@ class Keepalive:
     def discard(self, watch: Watch) -> None:
         self._watches.discard(watch)
 
-    def tick(self, now: float) -> int:
-        """Ping the streams quiet for `every_s` at `now` (time.monotonic); how many."""
+    async def tick(self, now: float) -> int:
+        """Ping the streams quiet for `every_s` at `now` (time.monotonic); how many.
+        Streams that one event reached together fall quiet together: their pings go
+        out in slices, with the event loop running in between (as the hub's fan-out)."""
         quiet_since = now - self.every_s
+        due = [w for w in self._watches if w.sent_at <= quiet_since]
         pinged = 0
-        for watch in self._watches:
-            if watch.sent_at <= quiet_since and not watch.pending():
-                watch.say(PING)
-                pinged += 1
+        for start in range(0, len(due), PING_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for watch in due[start : start + PING_SLICE]:
+                if watch in self._watches and not watch.pending():  # still open and quiet
+                    watch.say(PING)
+                    pinged += 1
         return pinged
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick(time.monotonic())
+            await self.tick(time.monotonic())

@@ -89,7 +89,9 @@ async def unknown_ws(websocket: WebSocket) -> None:
 
 class App(Starlette):
     """The api: Starlette, keeping the server's own `send` in each scope for the
-    prepared writes of the fan-out (app/prepared.py)."""
+    prepared writes of the fan-out (app/prepared.py). Those bytes pass no middleware:
+    a middleware that rewrites response bodies (compression) must not wrap the
+    streams."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SERVER_SEND] = send

@@ -49,7 +49,10 @@ def ws_text_frame(payload: bytes) -> bytes:
 
 
 def http_chunk(body: bytes) -> bytes:
-    """`body` as one chunk of a chunked HTTP/1.1 response (RFC 9112, section 7.1)."""
+    """`body` as one chunk of a chunked HTTP/1.1 response (RFC 9112, section 7.1).
+    Never empty: an empty chunk ends the response."""
+    if not body:
+        raise ValueError("an empty chunk would end the response")
     return b"%x\r\n%b\r\n" % (len(body), body)
 
 
@@ -85,7 +88,7 @@ class _Chunked:
         if (
             not c.response_started
             or c.response_complete
-            or not c.chunked_encoding  # HTTP/1.0, or a Content-Length
+            or not c.chunked_encoding  # a Content-Length response
             or c.disconnected
             or c.flow.write_paused  # uvicorn's send would wait
             or c.transport.is_closing()

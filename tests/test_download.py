@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
-from actors.engines import Report
+from actors.engines import Report, background
 from actors.engines.download import REPORT_INTERVAL_S, Progress, fetch, size_text
 from actors.errors import ModelUnavailableError, TaskCancelledError
+from livepix.config import Settings
+from tests.models import build_tiny_u2net
 
 
 def recorder(seen: list[tuple[float, str]]) -> Report:
@@ -138,3 +140,28 @@ def test_a_download_cut_short_is_not_kept_and_an_http_error_is_named(tmp_path: P
     finally:
         server.join(5)
         listener.close()
+
+
+@pytest.mark.parametrize("matches", [True, False])
+def test_a_rembg_model_that_rembg_already_downloaded_is_linked_in_if_its_md5_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, matches: bool
+) -> None:
+    legacy = tmp_path / "u2net-home"
+    legacy.mkdir()
+    model = build_tiny_u2net(legacy / "u2net.onnx")
+    digest = hashlib.md5(model.read_bytes()).hexdigest()
+    monkeypatch.setenv("U2NET_HOME", str(legacy))
+    monkeypatch.setitem(background.MODEL_MD5, "u2net", digest if matches else "0" * 32)
+    # the mirror is unreachable: only the legacy file can make this work
+    settings = Settings(data_dir=str(tmp_path / "data"), rembg_model="u2net", rembg_mirror="http://127.0.0.1:9/")
+    seen: list[tuple[float, str]] = []
+    if matches:
+        path = background.fetch(settings, recorder(seen))
+        assert path == background.model_file(settings) and path.read_bytes() == model.read_bytes()
+        assert seen[-1][1] == "Found the rembg model u2net in rembg's own folder"
+        assert background.fetch(settings, recorder(seen)) == path  # in the data dir now
+    else:
+        with pytest.raises(ModelUnavailableError, match="could not be fetched"):
+            background.fetch(settings, recorder(seen))
+        assert not background.model_file(settings).exists()
+    assert model.is_file() and not list(background.model_file(settings).parent.glob("*.part"))

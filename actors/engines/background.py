@@ -3,16 +3,19 @@
 `LIVEPIX_REMBG_MODEL` is a rembg model name (default `u2net`, Apache-2.0), a path to an
 .onnx file with U^2-Net's signature, or an http(s) URL of one. Named models live under
 `<data dir>/models/rembg/models/<name>/<name>.onnx`; a file already there is used as is.
-A missing commercially usable model is fetched from `LIVEPIX_REMBG_MIRROR` (rembg's
-GitHub release by default) and checked against rembg's md5; a URL is fetched once into
-`<data dir>/models/rembg/custom/`. Both report their bytes. Other names are left to
-rembg's own download.
+A missing commercially usable model is linked in from rembg's own folder (`U2NET_HOME`,
+default `~/.u2net`) if rembg downloaded it there, md5 checked, else fetched from
+`LIVEPIX_REMBG_MIRROR` (rembg's GitHub release by default) and checked against rembg's
+md5; a URL is fetched once into `<data dir>/models/rembg/custom/`. Both fetches report
+their bytes. Other names are left to rembg's own download.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,9 @@ def fetch(settings: Settings, report: Report) -> Path:
     if md5 is None:  # rembg fetches it (or refuses the name) without byte progress
         report(FETCH_LOW, f"Fetching the rembg model {spec}")
         return path
+    if adopt_legacy(spec, md5, path):
+        report(FETCH_HIGH, f"Found the rembg model {spec} in rembg's own folder")
+        return path
     url = f"{settings.rembg_mirror.rstrip('/')}/{spec}.onnx"
     return download.fetch(
         url,
@@ -106,6 +112,38 @@ def fetch(settings: Settings, report: Report) -> Path:
         ),
         md5=md5,
     )
+
+
+def legacy_file(spec: str) -> Path:
+    """Where rembg itself keeps the named model (`U2NET_HOME`, default ~/.u2net)."""
+    return Path(os.environ.get("U2NET_HOME") or "~/.u2net").expanduser() / f"{spec}.onnx"
+
+
+def adopt_legacy(spec: str, md5: str, path: Path) -> bool:
+    """Link (or copy) a named model that rembg already downloaded into `path`, if its
+    md5 is right: a user of rembg does not fetch 170 MB again."""
+    legacy = legacy_file(spec)
+    if not legacy.is_file():
+        return False
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(legacy, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != md5:
+        log.warning("%s does not match rembg's md5 for %s; fetching it instead", legacy, spec)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        try:
+            os.link(legacy, partial)
+        except OSError:  # another filesystem, or no hard links there
+            shutil.copyfile(legacy, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("using %s as the rembg model %s", legacy, spec)
+    return True
 
 
 class BackgroundRemover:

@@ -117,6 +117,8 @@ def fetch(
             # The task's error reaches API clients: a local file error says what went
             # wrong, not where on the worker; the worker's log has the whole of it.
             log.warning("fetching %s into %s failed: %r", url, target, exc)
+            if isinstance(exc, urllib.error.HTTPError):
+                exc.close()  # it holds the response's socket
             detail: object = exc
             if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
                 detail = exc.strerror if exc.filename and exc.strerror else exc

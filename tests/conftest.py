@@ -186,6 +186,15 @@ def wait_worker(redis_url: str, count: int, timeout_s: float = 60) -> None:
         client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_rembg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Models rembg downloaded on this machine (~/.u2net) stay out of the tests: the
+    workers and CLIs they start would link them in instead of fetching."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("U2NET_HOME", str(tmp_path_factory.mktemp("u2net-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     server = RedisProcess(tmp_path_factory.mktemp("redis"))

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from livepix.wire import channel
 
+from .slices import SLICE, in_slices
 from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0  # silence after which the hub pings Redis; no pong in as long = dead
 SUBSCRIBE_TIMEOUT_S = 3.0
 RECONNECT_MAX_DELAY_S = 1.0
-FAN_OUT_SLICE = 500  # watches offered one frame between two turns of the event loop
 
 ReadLog = Callable[[str, int], Awaitable[list[str]]]
 
@@ -240,15 +240,12 @@ class Hub:
         that leaves meanwhile ignores the frame; one that joins reads it from the log."""
         watches = ch.watches
         self.deliveries += len(watches)
-        if len(watches) <= FAN_OUT_SLICE:
+        if len(watches) <= SLICE:
             for watch in watches:
                 watch.offer(frame)
             return
-        snapshot = list(watches)
-        for start in range(0, len(snapshot), FAN_OUT_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for watch in snapshot[start : start + FAN_OUT_SLICE]:
+        async for some in in_slices(list(watches)):
+            for watch in some:
                 watch.offer(frame)
 
     async def _replay(self, name: str, ch: _Channel) -> None:

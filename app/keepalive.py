@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .slices import in_slices
 from .watch import Frame, Watch
 
 PING = Frame(task_id="", seq=0, type="ping", text="", event={}, _sse=b": ping\n\n")
 TICK_S = 1.0
-PING_SLICE = 500  # streams pinged between two turns of the event loop
 
 
 class Keepalive:
@@ -39,10 +39,8 @@ class Keepalive:
         quiet_since = now - self.every_s
         due = [w for w in self._watches if w.sent_at <= quiet_since]
         pinged = 0
-        for start in range(0, len(due), PING_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for watch in due[start : start + PING_SLICE]:
+        async for some in in_slices(due):
+            for watch in some:
                 if watch in self._watches and not watch.pending():  # still open and quiet
                     watch.say(PING)
                     pinged += 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from app.hub import FAN_OUT_SLICE, Hub, _Channel
+from app.hub import Hub, _Channel
+from app.slices import SLICE
 from app.watch import Frame, Watch
 from livepix.wire import channel
 
 TASK = "8c5e0d1e-4c1c-4f0e-9b7a-2f1d7c9a6b10"
-WATCHERS = 3 * FAN_OUT_SLICE + 7
+WATCHERS = 3 * SLICE + 7
 
 
 def event(seq: int) -> str:

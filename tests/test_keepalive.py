@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from app.keepalive import PING, PING_SLICE, Keepalive
+from app.keepalive import PING, Keepalive
+from app.slices import SLICE
 from app.watch import Frame, Watch
 
 
@@ -60,7 +61,7 @@ def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period
 def test_streams_that_fell_quiet_together_are_pinged_in_slices_and_a_stream_gone_meanwhile_is_not() -> None:
     async def main() -> None:
         keepalive = Keepalive(every_s=1)
-        watches = [Watch() for _ in range(2 * PING_SLICE + 1)]
+        watches = [Watch() for _ in range(2 * SLICE + 1)]
         for watch in watches:
             keepalive.add(watch)
         now = max(w.sent_at for w in watches) + 5
@@ -70,6 +71,6 @@ def test_streams_that_fell_quiet_together_are_pinged_in_slices_and_a_stream_gone
         late = next(w for w in watches if not w.pending())
         keepalive.discard(late)  # its stream ends meanwhile
         assert await pinging == len(watches) - 1
-        assert pinged_first == PING_SLICE and late.pending() == 0
+        assert pinged_first == SLICE and late.pending() == 0
 
     asyncio.run(main())

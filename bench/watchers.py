@@ -115,6 +115,16 @@ class Conn(asyncio.Protocol):
         self.lost = False  # the TCP connection ended
         self.close_code: int | None = None  # WebSocket close code from the server; -1: SSE stream ended
 
+    def count_event(self, payload: bytes | bytearray) -> None:
+        """One task event arrived (the first one, the history, makes the watch live)."""
+        if not self.established.done():
+            self.established.set_result(None)
+        self.received += 1
+        if STATS.recording:
+            STATS.msgs += 1
+            STATS.latency(payload)
+        _check_seq(self, payload)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.write(self.request)  # type: ignore[attr-defined]
@@ -261,13 +271,7 @@ class WS(Conn):
         pass  # established at the first event (the task's history): the watch is live
 
     def on_message(self, payload: bytes | bytearray) -> None:
-        if not self.established.done():
-            self.established.set_result(None)
-        self.received += 1
-        if STATS.recording:
-            STATS.msgs += 1
-            STATS.latency(payload)
-        _check_seq(self, payload)
+        self.count_event(payload)
 
 
 class SocketIO(WS):
@@ -381,13 +385,7 @@ class SSE(Conn):
 
     def on_event(self, block: bytes | bytearray) -> None:
         """One SSE event (its `id:`/`event:`/`data:` lines)."""
-        if not self.established.done():
-            self.established.set_result(None)
-        self.received += 1
-        if STATS.recording:
-            STATS.msgs += 1
-            STATS.latency(block)
-        _check_seq(self, block)
+        self.count_event(block)
 
 
 class Poll(Conn):

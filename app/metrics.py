@@ -49,9 +49,10 @@ class Deliveries:
 
 def sent(frame: Frame) -> None:
     """Record a task event handed to a client: the time since its worker published it."""
-    ts = frame.event.get("ts")
-    if isinstance(ts, float):
-        DELIVERY_LATENCY.observe(max(0.0, time.time() - ts))
+    ts = frame.ts
+    if ts is not None:
+        latency = time.time() - ts
+        DELIVERY_LATENCY.observe(latency if latency > 0.0 else 0.0)
 
 
 def _line(name: str, value: float, help_text: str, kind: str = "gauge", labels: str = "") -> str:

@@ -58,19 +58,21 @@ class Frame:
     _sse_chunk: bytes | None = None
     _lean: Frame | None = None
     _by_ref: Frame | None = None
+    # Derived once here: the fan-out reads them for every watcher.
+    terminal: bool = field(init=False)
+    droppable: bool = field(init=False)  # a progress event: coalesced or dropped for a slow client
+    ts: float | None = field(init=False)  # when the worker published it (delivery latency)
+
+    def __post_init__(self) -> None:
+        self.terminal = self.type in TERMINAL_EVENTS
+        self.droppable = self.type == EventType.PROGRESS
+        ts = self.event.get("ts")
+        self.ts = ts if isinstance(ts, float) else None
 
     @classmethod
     def parse(cls, text: str) -> Frame:
         event = json.loads(text)
         return cls(event["task_id"], int(event["seq"]), event["type"], text, event)
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_EVENTS
-
-    @property
-    def droppable(self) -> bool:
-        return self.type == EventType.PROGRESS
 
     def sse(self) -> bytes:
         if self._sse is None:

@@ -12,6 +12,8 @@ import os
 import platform
 import resource
 import signal
+import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -110,8 +112,22 @@ def quantile(values: Sequence[float], q: float) -> float:
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(data, indent=1, default=str))
+    path.write_text(scrubbed(json.dumps(data, indent=1, default=str)))
     return path
+
+
+def scrubbed(text: str) -> str:
+    """`text` without this machine's paths (results are committed): site-packages, the
+    checkout, the home folder and the temp folder become short names, so an A/B's
+    `--api-src /tmp/base` is recorded as `base`."""
+    for prefix, short in (
+        (sysconfig.get_paths()["purelib"], "site-packages"),
+        (str(ROOT), "."),
+        (str(Path.home()), "~"),
+        (tempfile.gettempdir() + os.sep, ""),
+    ):
+        text = text.replace(prefix, short)
+    return text
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import signal
 import sysconfig
@@ -119,14 +120,21 @@ def save(name: str, data: dict[str, Any]) -> Path:
 def scrubbed(text: str) -> str:
     """`text` without this machine's paths (results are committed): site-packages, the
     checkout, the home folder and the temp folder become short names, so an A/B's
-    `--api-src /tmp/base` is recorded as `base`."""
+    `--api-src /tmp/base` is recorded as `base`. A prefix counts only as a whole path
+    (`/tmp` is not replaced inside `/var/tmp` or `/tmpfoo`)."""
     for prefix, short in (
         (sysconfig.get_paths()["purelib"], "site-packages"),
         (str(ROOT), "."),
         (str(Path.home()), "~"),
-        (tempfile.gettempdir() + os.sep, ""),
+        (tempfile.gettempdir(), None),  # its entries keep their own names
     ):
-        text = text.replace(prefix, short)
+        if prefix.rstrip(os.sep) == "":
+            continue  # a home (or temp) of "/" would swallow every path
+        head = rf"(?<![\w.~/-]){re.escape(prefix)}"
+        if short is None:
+            text = re.sub(head + re.escape(os.sep), "", text)
+        else:
+            text = re.sub(head + r"(?![\w.-])", short, text)
     return text
 
 

@@ -52,7 +52,7 @@ def sent(frame: Frame) -> None:
     ts = frame.ts
     if ts is not None:
         latency = time.time() - ts
-        DELIVERY_LATENCY.observe(latency if latency > 0.0 else 0.0)
+        DELIVERY_LATENCY.observe(max(0.0, latency))
 
 
 def _line(name: str, value: float, help_text: str, kind: str = "gauge", labels: str = "") -> str:

@@ -59,16 +59,32 @@ class TerminalReport:
 
 def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
     from .engines.background import COMMERCIAL_MODELS, BackgroundRemover, model_file, pullable
-    from .engines.diffusion import Diffusion, hub_cache, model_source
+    from .engines.device import pick_device
+    from .engines.diffusion import Diffusion, image_model
     from .engines.faceswap import FaceSwapper
+    from .engines.hub import in_hub_cache, model_source
+    from .engines.preview import is_latent, latents_preview, load_decoder
 
-    source, local = model_source(settings)
+    source, local = image_model(settings)
+    preview_source, preview_local = model_source(settings.preview_model.strip())
     rembg_path = model_file(settings)
 
     def diffusion_present() -> bool:
         if local:
             return (Path(source) / "model_index.json").is_file()
-        return (hub_cache(settings) / f"models--{source.replace('/', '--')}").is_dir()
+        return in_hub_cache(settings, source)
+
+    def preview_present() -> bool:
+        if is_latent(settings):
+            return True  # nothing to fetch
+        if preview_local:
+            return (Path(preview_source) / "config.json").is_file()
+        return in_hub_cache(settings, preview_source)
+
+    def preview_load() -> object:
+        if is_latent(settings):
+            return latents_preview
+        return load_decoder(settings, pick_device(settings.device), report)
 
     def lama_path() -> Path:
         from .engines.lama import model_path
@@ -90,6 +106,15 @@ def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
             diffusion_present,
             lambda: Diffusion.load(settings, report),
             not local,
+        ),
+        ModelEntry(
+            "previews (image_generation, style_transfer)",
+            "LIVEPIX_PREVIEW_MODEL",
+            "latent (a projection, no model)" if is_latent(settings) else preview_source,
+            "none" if is_latent(settings) else "MIT (default)" if preview_source == "madebyollin/taesd" else "the model's own",
+            preview_present,
+            preview_load,
+            not is_latent(settings) and not preview_local,
         ),
         ModelEntry(
             "background_removal",

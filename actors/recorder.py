@@ -24,6 +24,9 @@ from .errors import TaskCancelledError, TaskFailedError
 log = logging.getLogger(__name__)
 
 PREVIEW_INTERVAL_S = 0.5
+# After a preview that took t seconds (a TAESD on a CPU: ~0.3 s), the next waits at
+# least PREVIEW_COST_FACTOR * t: previews take at most a tenth of a task's time.
+PREVIEW_COST_FACTOR = 10
 PREVIEW_MAX_SIDE = 256
 PREVIEW_JPEG_QUALITY = 70
 
@@ -90,6 +93,7 @@ class Reporter:
         self._recorder = recorder
         self._task_id = task_id
         self._last_preview_at = 0.0
+        self._preview_gap = PREVIEW_INTERVAL_S
         self._first_step: tuple[float, int] | None = None
 
     def __call__(
@@ -103,11 +107,12 @@ class Reporter:
     ) -> None:
         preview_b64 = None
         now = time.monotonic()
-        if preview is not None and now - self._last_preview_at >= PREVIEW_INTERVAL_S:
+        if preview is not None and now - self._last_preview_at >= self._preview_gap:
             image = preview()
             if image is not None:
                 preview_b64 = encode_preview(image)
                 self._last_preview_at = now
+                self._preview_gap = max(PREVIEW_INTERVAL_S, PREVIEW_COST_FACTOR * (time.monotonic() - now))
         self._recorder.progress(
             self._task_id,
             max(0, min(99, int(percent))),

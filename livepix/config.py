@@ -41,6 +41,7 @@ class Settings:
     max_queued_per_owner: int = 1000
     device: str = "auto"
     txt2img_model: str = ""
+    preview_model: str = "madebyollin/taesd"
     rembg_model: str = "u2net"
     rembg_mirror: str = "https://github.com/danielgatis/rembg/releases/download/v0.0.0"
     face_model_dir: str = ""
@@ -78,6 +79,7 @@ ENV: dict[str, tuple[str, str]] = {
     "max_queued_per_owner": ("LIVEPIX_MAX_QUEUED_PER_OWNER", "waiting tasks one owner may have (1000)"),
     "device": ("LIVEPIX_DEVICE", "auto, cpu, cuda, cuda:N (auto)"),
     "txt2img_model": ("LIVEPIX_TXT2IMG_MODEL", "diffusers model id or local dir"),
+    "preview_model": ("LIVEPIX_PREVIEW_MODEL", "generation previews: a TAESD (diffusers AutoencoderTiny) id or local dir, or `latent` (madebyollin/taesd)"),
     "rembg_model": ("LIVEPIX_REMBG_MODEL", "rembg model name, or path or URL of an .onnx file (u2net)"),
     "rembg_mirror": ("LIVEPIX_REMBG_MIRROR", "base URL that named rembg models are fetched from (rembg's GitHub release)"),
     "face_model_dir": ("LIVEPIX_FACE_MODEL_DIR", "insightface pack dir (detection + recognition)"),

@@ -96,3 +96,22 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_taesd(path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random-weight TAESD (diffusers `AutoencoderTiny`): 4 latent
+    channels like madebyollin/taesd, but 8 channels wide and two blocks deep, so that it
+    upsamples 2x like `build_tiny_sd`'s VAE (a real TAESD and SD VAE both do 8x)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    vae.save_pretrained(path)
+    return path

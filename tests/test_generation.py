@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+from PIL import Image
 
+from actors.recorder import PREVIEW_COST_FACTOR, Recorder, Reporter
+from livepix.config import load_settings
 from tests.clients import (
     API,
     SSEStream,
@@ -21,7 +26,7 @@ from tests.clients import (
     two_tone,
 )
 from tests.conftest import RedisProcess, Stack, fresh_stack
-from tests.models_diffusion import build_tiny_sd
+from tests.models_diffusion import build_tiny_sd, build_tiny_taesd
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +34,23 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def tiny_taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_taesd(tmp_path_factory.mktemp("taesd") / "tiny-taesd")
+
+
 @pytest.fixture(scope="module")
 def gpu(
-    redis_server: RedisProcess, data_dir: Path, tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisProcess,
+    data_dir: Path,
+    tiny_sd: Path,
+    tiny_taesd: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """One api and one gpu worker with the tiny model, shared by this module's tests."""
+    """One api and one gpu worker with the tiny models, shared by this module's tests."""
     stack = fresh_stack(redis_server, data_dir, tmp_path_factory.mktemp("gpu-logs"))
     stack.env["LIVEPIX_TXT2IMG_MODEL"] = str(tiny_sd)
+    stack.env["LIVEPIX_PREVIEW_MODEL"] = str(tiny_taesd)
     try:
         stack.add_api()
         stack.add_worker("gpu")
@@ -60,7 +75,7 @@ def test_generation_reports_every_step_with_a_preview_and_returns_the_image(gpu:
     assert all(e["total"] == 6 for e in steps)
     assert any("preview" in e for e in steps)
     preview = decode_jpeg(next(e["preview"] for e in steps if "preview" in e))
-    assert min(preview) >= 64
+    assert preview == (64, 64)  # decoded by the preview model (TAESD) at the image's size
     assert any("eta_s" in e for e in steps[1:])
     final = events[-1]
     assert final["type"] == "succeeded", final
@@ -78,6 +93,59 @@ def decode_jpeg(b64: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
         assert image.format == "JPEG"
         return image.size
+
+
+def test_previews_of_a_big_image_are_scaled_down(gpu: Stack) -> None:
+    events = sse_events(gpu.url, submit(gpu.url, generation(steps=2, size=512)))
+    previews = [decode_jpeg(e["preview"]) for e in events if "preview" in e]
+    assert previews and all(size == (256, 256) for size in previews)
+    assert decode_png(events[-1]["result"]["image_data"]).size == (512, 512)
+
+
+def test_previews_come_from_the_latents_without_a_preview_model(
+    new_stack: Stack, tiny_sd: Path, tmp_path: Path
+) -> None:
+    new_stack.env["LIVEPIX_TXT2IMG_MODEL"] = str(tiny_sd)
+    new_stack.env["LIVEPIX_PREVIEW_MODEL"] = str(tmp_path / "no-such-taesd")
+    new_stack.add_api()
+    new_stack.add_worker("gpu")
+    events = sse_events(new_stack.url, submit(new_stack.url, generation(steps=3)))
+    assert events[-1]["type"] == "succeeded", events[-1]
+    previews = [decode_jpeg(e["preview"]) for e in events if "preview" in e]
+    assert previews and all(size == (128, 128) for size in previews)  # 32x32 latents, scaled up
+    assert "no-such-taesd is not a directory; previews from the latents" in new_stack.logs()
+
+
+def test_slow_previews_are_spaced_out_to_a_tenth_of_the_time(new_stack: Stack) -> None:
+    """A previewer that takes 0.1 s (a TAESD on a CPU takes 0.3 s) gets a preview every
+    1 s or more, not every 0.5 s, however fast the steps come."""
+    url = new_stack.add_api()
+    task_id = submit(url, generation())
+    recorder = Recorder(redis.Redis.from_url(new_stack.redis_url), load_settings(), "test-worker")
+    assert recorder.start(task_id, "gpu") > 0
+    report = Reporter(recorder, task_id)
+
+    def slow_preview() -> Image.Image:
+        time.sleep(0.1)
+        return Image.new("RGB", (64, 64))
+
+    stream = SSEStream(url, task_id)
+    try:
+        started, step = time.monotonic(), 0
+        while time.monotonic() - started < 4.0:
+            step += 1
+            report(50, "Denoising", step=step, total=1000, preview=slow_preview)
+            time.sleep(0.02)
+        events: list[dict[str, Any]] = []
+        while not events or events[-1].get("step") != step:
+            event = stream.next_event()
+            assert event is not None
+            events.append(event)
+    finally:
+        stream.close()
+    at = [e["ts"] for e in events if "preview" in e]
+    assert 2 <= len(at) <= 5, at  # 0.5 s apart would be 7 or more
+    assert all(b - a >= PREVIEW_COST_FACTOR * 0.1 - 0.05 for a, b in itertools.pairwise(at)), at
 
 
 def test_the_same_seed_gives_the_same_image_and_the_model_stays_loaded(gpu: Stack) -> None:

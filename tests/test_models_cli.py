@@ -12,12 +12,17 @@ import pytest
 
 from tests.fake_hub import FakeHub, FileServer, serving
 from tests.models import build_tiny_u2net
-from tests.models_diffusion import build_tiny_sd
+from tests.models_diffusion import build_tiny_sd, build_tiny_taesd
 
 
 @pytest.fixture(scope="module")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("sd-cli") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def tiny_taesd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_taesd(tmp_path_factory.mktemp("taesd-cli") / "tiny-taesd")
 
 
 def livepix(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -29,14 +34,16 @@ def livepix(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_models_list_check_loads_what_is_present(data_dir: Path, tiny_sd_dir: Path) -> None:
+def test_models_list_check_loads_what_is_present(data_dir: Path, tiny_sd_dir: Path, tiny_taesd_dir: Path) -> None:
     out = livepix(
         "models", "list", "--check",
         LIVEPIX_DATA_DIR=str(data_dir), LIVEPIX_TXT2IMG_MODEL=str(tiny_sd_dir),
+        LIVEPIX_PREVIEW_MODEL=str(tiny_taesd_dir),
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if not line.startswith(" ")}
     assert lines["image_generation,"].endswith("present  loadable")
+    assert lines["previews"].endswith("present  loadable")
     assert lines["background_removal"].endswith("present  loadable")
     assert "absent" in out.stdout.split("LIVEPIX_FACE_MODEL_DIR")[1].splitlines()[0]
     assert "non-commercial" in out.stdout
@@ -52,7 +59,10 @@ def test_models_list_reports_a_broken_model_and_fails(tmp_path: Path) -> None:
 
 
 def test_models_pull_skips_what_is_present(data_dir: Path, tiny_sd_dir: Path) -> None:
-    out = livepix("models", "pull", LIVEPIX_DATA_DIR=str(data_dir), LIVEPIX_TXT2IMG_MODEL=str(tiny_sd_dir))
+    out = livepix(
+        "models", "pull", LIVEPIX_DATA_DIR=str(data_dir), LIVEPIX_TXT2IMG_MODEL=str(tiny_sd_dir),
+        LIVEPIX_PREVIEW_MODEL="latent",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "background_removal: already present" in out.stdout
 
@@ -63,7 +73,7 @@ def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offlin
     """The same fetch code as a task's, printed: a loopback hub and file server, no network."""
     onnx = build_tiny_u2net(tmp_path / "src" / "tiny.onnx", 400_000).read_bytes()
     repo = "livepix-test/tiny-sd"
-    env = {"LIVEPIX_DATA_DIR": str(tmp_path / "data"), "LIVEPIX_TXT2IMG_MODEL": repo}
+    env = {"LIVEPIX_DATA_DIR": str(tmp_path / "data"), "LIVEPIX_TXT2IMG_MODEL": repo, "LIVEPIX_PREVIEW_MODEL": "latent"}
     with (
         serving(FakeHub(repo, tiny_sd_dir)) as hub,
         serving(FileServer({"/tiny.onnx": onnx})) as files,
@@ -87,3 +97,30 @@ def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offlin
     status = {line.split()[0]: line for line in listed.stdout.splitlines() if not line.startswith(" ")}
     assert status["image_generation,"].endswith("present  loadable")
     assert status["background_removal"].endswith("present  loadable")
+
+
+def test_models_pull_fetches_the_preview_decoder_and_list_loads_it_offline(
+    tiny_sd_dir: Path, tiny_taesd_dir: Path, tmp_path: Path
+) -> None:
+    repo = "livepix-test/tiny-taesd"
+    env = {
+        "LIVEPIX_DATA_DIR": str(tmp_path / "data"),
+        "LIVEPIX_TXT2IMG_MODEL": str(tiny_sd_dir),
+        "LIVEPIX_REMBG_MODEL": str(build_tiny_u2net(tmp_path / "tiny.onnx", 1000)),
+        "LIVEPIX_PREVIEW_MODEL": repo,
+    }
+    absent = livepix("models", "pull", **env)  # offline, nothing cached
+    assert absent.returncode == 1
+    assert "previews (image_generation, style_transfer): failed: the preview model" in absent.stdout
+    with serving(FakeHub(repo, tiny_taesd_dir)) as hub:
+        out = livepix(
+            "models", "pull", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_IMPLICIT_TOKEN="1", **env,
+        )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "previews (image_generation, style_transfer): ready" in out.stdout.splitlines()
+    listed = livepix("models", "list", "--check", **env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    status = {line.split()[0]: line for line in listed.stdout.splitlines() if not line.startswith(" ")}
+    assert status["previews"].endswith("present  loadable")
+    assert "licence: the model's own" in listed.stdout.split("LIVEPIX_PREVIEW_MODEL")[1]

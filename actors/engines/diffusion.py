@@ -8,20 +8,17 @@ Style transfer is img2img built with `from_pipe`: the same modules, no second co
 the weights.
 
 Every denoising step reports progress (and so is a cancel point: the exception raised
-by `report` leaves the pipeline before the VAE decode) with a cheap preview decoded
-from the latents.
+by `report` leaves the pipeline before the VAE decode) with a preview of its latents
+(`preview.py`: a TAESD by default).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from PIL import Image
 
@@ -32,67 +29,24 @@ from ..errors import InvalidImageError, ModelUnavailableError, OutOfMemoryError
 from . import EngineInput, EngineOutput, Report
 from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
 from .download import Progress
-from .hub import progress_of
+from .hub import hub_cache, hub_reachable, in_hub_cache, model_source, progress_of
+from .preview import Previewer, load_previewer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 STYLE_MAX_SIDE = 768  # img2img input is scaled down to this; SD1.x is trained near 512
-PREVIEW_MIN_SIDE = 128
-
-# SD latent space (4 channels) to RGB, from ComfyUI's SD1.5 preview factors.
-LATENT_RGB = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
 
 
-def model_source(settings: Settings) -> tuple[str, bool]:
-    """(what to load, whether it is a local directory)."""
-    spec = settings.txt2img_model or DEFAULT_MODEL
-    local = os.path.isdir(os.path.expanduser(spec)) or spec.startswith(("/", "./", "~"))
-    return (str(Path(spec).expanduser()) if local else spec), local
-
-
-def hub_cache(settings: Settings) -> Path:
-    return settings.model_dir / "huggingface"
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connect (and offline mode is off)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def latents_preview(latents: Any) -> Image.Image | None:
-    """A small RGB image from SD latents (B, 4, h, w): no VAE, a 4x3 projection."""
-    import torch
-
-    if latents.ndim != 4 or latents.shape[1] != len(LATENT_RGB):
-        return None
-    factors = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)
-    rgb = torch.einsum("chw,cr->hwr", latents[0].float(), factors).clamp(-1, 1)
-    pixels = ((rgb + 1) * 127.5).to(torch.uint8).cpu().numpy()
-    image = Image.fromarray(pixels)
-    if min(image.size) < PREVIEW_MIN_SIDE:
-        scale = -(-PREVIEW_MIN_SIDE // min(image.size))
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    return image
+def image_model(settings: Settings) -> tuple[str, bool]:
+    """(what to load, whether it is a local directory) for LIVEPIX_TXT2IMG_MODEL."""
+    return model_source(settings.txt2img_model or DEFAULT_MODEL)
 
 
 class Diffusion:
     """A loaded text-to-image pipeline and its img2img sibling."""
 
-    def __init__(self, txt2img: Any, model: str, device: Device) -> None:
+    def __init__(self, txt2img: Any, model: str, device: Device, preview: Previewer) -> None:
         from diffusers import AutoPipelineForImage2Image
 
         self.txt2img = txt2img
@@ -100,16 +54,16 @@ class Diffusion:
         self.img2img.set_progress_bar_config(disable=True)
         self.model = model
         self.device = device
+        self.preview = preview
         # Pipelines keep per-call state (the scheduler): one run at a time.
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: Settings, report: Report) -> Diffusion:
-        source, local = model_source(settings)
+        source, local = image_model(settings)
         if local and not Path(source).is_dir():
             raise ModelUnavailableError(f"LIVEPIX_TXT2IMG_MODEL={source} is not a directory")
-        cached = (hub_cache(settings) / f"models--{source.replace('/', '--')}").is_dir()
-        if not local and not cached and not hub_reachable():
+        if not local and not in_hub_cache(settings, source) and not hub_reachable():
             # The hub client would retry for half a minute: fail now, and say why.
             raise ModelUnavailableError(
                 f"the image model {source!r} is not in the data dir and the Hugging Face hub "
@@ -141,7 +95,7 @@ class Diffusion:
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device.name)
         log.info("diffusion model %s on %s (%s)", source, device.name, torch.float16 if device.is_cuda else "fp32")
-        return cls(pipe, source, device)
+        return cls(pipe, source, device, load_previewer(settings, device, report))
 
     def generate(self, task: EngineInput, report: Report) -> EngineOutput:
         params = task.parameters
@@ -218,7 +172,7 @@ class Diffusion:
                 f"{verb} step {done}/{total}",
                 step=done,
                 total=total,
-                preview=(lambda: latents_preview(latents)) if latents is not None else None,
+                preview=(lambda: self.preview(latents)) if latents is not None else None,
             )
             return tensors
 

@@ -1,4 +1,5 @@
-"""Byte progress of Hugging Face hub downloads, as task events.
+"""Hugging Face hub models: where they are cached, whether the hub answers, and the
+byte progress of their downloads, as task events.
 
 diffusers fetches a pipeline with huggingface_hub's `snapshot_download` and passes it no
 progress hook: the bytes show only in tqdm bars on the worker's stderr. `progress_of`
@@ -18,10 +19,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlparse
+
+from livepix.config import Settings
 
 from .download import Progress
 
@@ -29,6 +36,33 @@ log = logging.getLogger(__name__)
 
 # Where diffusers looks `snapshot_download` up when it fetches a pipeline.
 DIFFUSERS_MODULE = "diffusers.pipelines.pipeline_utils"
+
+
+def model_source(spec: str) -> tuple[str, bool]:
+    """(what to load, whether it is a local directory) for a hub id or a path."""
+    local = os.path.isdir(os.path.expanduser(spec)) or spec.startswith(("/", "./", "~"))
+    return (str(Path(spec).expanduser()) if local else spec), local
+
+
+def hub_cache(settings: Settings) -> Path:
+    return settings.model_dir / "huggingface"
+
+
+def in_hub_cache(settings: Settings, repo_id: str) -> bool:
+    return (hub_cache(settings) / f"models--{repo_id.replace('/', '--')}").is_dir()
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (and offline mode is off)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 class Tally:

@@ -1,0 +1,139 @@
+"""Previews of a denoising step: what the `preview` of a progress event shows.
+
+`LIVEPIX_PREVIEW_MODEL` (default `madebyollin/taesd`, MIT) names a TAESD, a tiny
+autoencoder (diffusers `AutoencoderTiny`, ~10 MB) that decodes a step's latents into a
+picture close to the final image. Previews are sent at most 256 px wide, so the latents
+are first pooled to what decodes to that size: the cost stays that of a 256 px decode
+whatever the image size (about 0.3 s on a 2-core CPU), and the recorder spaces out
+previews that slow to a tenth of the task's time (actors/recorder.py). With `latent`,
+or when that model cannot be loaded or decoded, a 4x3 projection of the latents gives
+a blurry thumbnail for free: a task never fails for its preview.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from livepix.config import Settings
+
+from ..errors import ModelUnavailableError
+from ..recorder import PREVIEW_MAX_SIDE
+from . import Report
+from .device import Device
+from .hub import hub_cache, hub_reachable, in_hub_cache, model_source
+
+log = logging.getLogger(__name__)
+
+LATENT = "latent"  # LIVEPIX_PREVIEW_MODEL for the projection only
+PREVIEW_MIN_SIDE = 128  # a latent projection is scaled up to this
+
+Previewer = Callable[[Any], Image.Image | None]  # latents (B, C, h, w) -> image
+
+# SD latent space (4 channels) to RGB, from ComfyUI's SD1.5 preview factors.
+LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+
+
+def latents_preview(latents: Any) -> Image.Image | None:
+    """A small RGB image from SD latents (B, 4, h, w): no decoder, a 4x3 projection."""
+    import torch
+
+    if latents.ndim != 4 or latents.shape[1] != len(LATENT_RGB):
+        return None
+    factors = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float(), factors).clamp(-1, 1)
+    pixels = ((rgb + 1) * 127.5).to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(pixels)
+    if min(image.size) < PREVIEW_MIN_SIDE:
+        scale = -(-PREVIEW_MIN_SIDE // min(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+    return image
+
+
+class TinyDecoder:
+    """Previews decoded by a TAESD; the latent projection where it cannot decode."""
+
+    def __init__(self, vae: Any, source: str) -> None:
+        self.vae = vae
+        self.source = source
+        config = vae.config
+        self.upscale = int(config.upsampling_scaling_factor) ** (len(config.decoder_block_out_channels) - 1)
+        self._failed = False
+
+    def __call__(self, latents: Any) -> Image.Image | None:
+        import torch
+        import torch.nn.functional as F
+
+        if self._failed or latents.ndim != 4 or latents.shape[1] != self.vae.config.latent_channels:
+            return latents_preview(latents)
+        small = latents[:1]
+        height, width = small.shape[2:]
+        shrink = -(-max(height, width) * self.upscale // PREVIEW_MAX_SIDE)  # ceil
+        if shrink > 1:  # decode no more pixels than the preview shows
+            size = (-(-height // shrink), -(-width // shrink))
+            small = F.interpolate(small.float(), size=size, mode="area")
+        try:
+            # A TAESD takes the latents as the pipeline holds them (its scaling factor is 1).
+            sample = self.vae.decode(small.to(self.vae.device, self.vae.dtype)).sample[0]
+        except RuntimeError as exc:  # out of memory, or latents of another model family
+            log.warning("preview decoder %s failed (%s); previews from the latents", self.source, exc)
+            self._failed = True
+            return latents_preview(latents)
+        pixels = ((sample.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def load_previewer(settings: Settings, device: Device, report: Report) -> Previewer:
+    """The previewer `LIVEPIX_PREVIEW_MODEL` names; the latent projection if it is
+    `latent` or its model cannot be had (logged: a task never fails for its preview)."""
+    if is_latent(settings):
+        return latents_preview
+    try:
+        return load_decoder(settings, device, report)
+    except ModelUnavailableError as exc:
+        log.warning("%s; previews from the latents", exc.message)
+        return latents_preview
+
+
+def is_latent(settings: Settings) -> bool:
+    return settings.preview_model.strip() in ("", LATENT)
+
+
+def load_decoder(settings: Settings, device: Device, report: Report) -> TinyDecoder:
+    """The TAESD of `LIVEPIX_PREVIEW_MODEL`, fetched into the data dir on first use."""
+    source, local = model_source(settings.preview_model.strip())
+    if local and not Path(source).is_dir():
+        raise ModelUnavailableError(f"LIVEPIX_PREVIEW_MODEL={source} is not a directory")
+    if not local and not in_hub_cache(settings, source) and not hub_reachable():
+        raise ModelUnavailableError(
+            f"the preview model {source!r} is not in the data dir and the Hugging Face hub is unreachable"
+        )
+    from diffusers import AutoencoderTiny
+
+    options: dict[str, Any] = {"dtype": device.dtype}
+    if not local:
+        options["cache_dir"] = str(hub_cache(settings))
+    try:
+        try:
+            vae = AutoencoderTiny.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
+        except (OSError, ValueError):
+            if local:
+                raise
+            report(4, f"Fetching {source} into the data dir (preview decoder, first use)")
+            vae = AutoencoderTiny.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelUnavailableError(
+            f"the preview model {source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    vae = vae.to(device.name).eval()
+    log.info("preview decoder %s on %s", source, device.name)
+    return TinyDecoder(vae, source)

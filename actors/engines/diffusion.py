@@ -167,6 +167,10 @@ class Diffusion:
             total = int(getattr(pipeline, "num_timesteps", 0) or kwargs["num_inference_steps"])
             done = step + 1
             latents = tensors.get("latents")
+            if latents is not None and latents.is_cuda:
+                # Finish the step on the GPU here, so that the recorder times a preview's
+                # decode, not the rest of the step (it spaces out slow previews).
+                torch.cuda.synchronize(latents.device)
             report(
                 5 + 88 * done / total,
                 f"{verb} step {done}/{total}",

@@ -21,10 +21,10 @@ from PIL import Image
 
 from livepix.config import Settings
 
-from ..errors import ModelUnavailableError
+from ..errors import ModelUnavailableError, TaskCancelledError
 from ..recorder import PREVIEW_MAX_SIDE
 from . import Report
-from .device import Device
+from .device import Device, free_cuda_memory, is_out_of_memory
 from .hub import hub_cache, hub_reachable, in_hub_cache, model_source
 
 log = logging.getLogger(__name__)
@@ -70,24 +70,29 @@ class TinyDecoder:
         self._failed = False
 
     def __call__(self, latents: Any) -> Image.Image | None:
+        if self._failed or latents.ndim != 4 or latents.shape[1] != self.vae.config.latent_channels:
+            return latents_preview(latents)
+        try:
+            return self._decode(latents[:1])
+        except Exception as exc:  # noqa: BLE001 - a task never fails for its preview
+            if is_out_of_memory(exc):
+                free_cuda_memory()  # a passing shortage: try again next time
+            else:
+                log.warning("preview decoder %s failed (%s); previews from the latents", self.source, exc)
+                self._failed = True
+            return latents_preview(latents)
+
+    def _decode(self, latents: Any) -> Image.Image:
         import torch
         import torch.nn.functional as F
 
-        if self._failed or latents.ndim != 4 or latents.shape[1] != self.vae.config.latent_channels:
-            return latents_preview(latents)
-        small = latents[:1]
-        height, width = small.shape[2:]
-        shrink = -(-max(height, width) * self.upscale // PREVIEW_MAX_SIDE)  # ceil
-        if shrink > 1:  # decode no more pixels than the preview shows
-            size = (-(-height // shrink), -(-width // shrink))
-            small = F.interpolate(small.float(), size=size, mode="area")
-        try:
-            # A TAESD takes the latents as the pipeline holds them (its scaling factor is 1).
-            sample = self.vae.decode(small.to(self.vae.device, self.vae.dtype)).sample[0]
-        except RuntimeError as exc:  # out of memory, or latents of another model family
-            log.warning("preview decoder %s failed (%s); previews from the latents", self.source, exc)
-            self._failed = True
-            return latents_preview(latents)
+        height, width = latents.shape[2:]
+        scale = PREVIEW_MAX_SIDE / (max(height, width) * self.upscale)
+        if scale < 1:  # decode no more pixels than the preview shows
+            size = (max(1, int(height * scale)), max(1, int(width * scale)))
+            latents = F.interpolate(latents.float(), size=size, mode="area")
+        # A TAESD takes the latents as the pipeline holds them (its scaling factor is 1).
+        sample = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample[0]
         pixels = ((sample.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 
@@ -105,11 +110,12 @@ def load_previewer(settings: Settings, device: Device, report: Report) -> Previe
 
 
 def is_latent(settings: Settings) -> bool:
-    return settings.preview_model.strip() in ("", LATENT)
+    return settings.preview_model.strip().lower() in ("", LATENT)
 
 
 def load_decoder(settings: Settings, device: Device, report: Report) -> TinyDecoder:
-    """The TAESD of `LIVEPIX_PREVIEW_MODEL`, fetched into the data dir on first use."""
+    """The TAESD of `LIVEPIX_PREVIEW_MODEL`, fetched into the data dir on first use (in
+    one piece: ~10 MB, no byte progress); ModelUnavailableError if it cannot be had."""
     source, local = model_source(settings.preview_model.strip())
     if local and not Path(source).is_dir():
         raise ModelUnavailableError(f"LIVEPIX_PREVIEW_MODEL={source} is not a directory")
@@ -119,21 +125,25 @@ def load_decoder(settings: Settings, device: Device, report: Report) -> TinyDeco
         )
     from diffusers import AutoencoderTiny
 
-    options: dict[str, Any] = {"dtype": device.dtype}
+    options: dict[str, Any] = {"dtype": device.dtype, "output_loading_info": True}
     if not local:
         options["cache_dir"] = str(hub_cache(settings))
     try:
         try:
-            vae = AutoencoderTiny.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
+            vae, info = AutoencoderTiny.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
         except (OSError, ValueError):
             if local:
                 raise
             report(4, f"Fetching {source} into the data dir (preview decoder, first use)")
-            vae = AutoencoderTiny.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
-    except (OSError, ValueError, RuntimeError) as exc:
+            vae, info = AutoencoderTiny.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
+        if info["missing_keys"]:  # another kind of model (an SD VAE): its weights would be random
+            raise ValueError(f"not a TAESD: {len(info['missing_keys'])} of its weights are missing")
+        vae = vae.to(device.name).eval()
+    except TaskCancelledError:
+        raise
+    except Exception as exc:  # hub, network, file or config errors alike
         raise ModelUnavailableError(
             f"the preview model {source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc
-    vae = vae.to(device.name).eval()
     log.info("preview decoder %s on %s", source, device.name)
     return TinyDecoder(vae, source)

@@ -24,7 +24,7 @@ from .errors import TaskCancelledError, TaskFailedError
 log = logging.getLogger(__name__)
 
 PREVIEW_INTERVAL_S = 0.5
-# After a preview that took t seconds (a TAESD on a CPU: ~0.3 s), the next waits at
+# After a preview that took t seconds (a TAESD on a CPU: ~0.25 s), the next waits at
 # least PREVIEW_COST_FACTOR * t: previews take at most a tenth of a task's time.
 PREVIEW_COST_FACTOR = 10
 PREVIEW_MAX_SIDE = 256

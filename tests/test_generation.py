@@ -117,7 +117,7 @@ def test_previews_come_from_the_latents_without_a_preview_model(
 
 
 def test_slow_previews_are_spaced_out_to_a_tenth_of_the_time(new_stack: Stack) -> None:
-    """A previewer that takes 0.1 s (a TAESD on a CPU takes 0.3 s) gets a preview every
+    """A previewer that takes 0.1 s (a TAESD on a CPU takes 0.25 s) gets a preview every
     1 s or more, not every 0.5 s, however fast the steps come."""
     url = new_stack.add_api()
     task_id = submit(url, generation())

@@ -4,7 +4,7 @@
 autoencoder (diffusers `AutoencoderTiny`, ~10 MB) that decodes a step's latents into a
 picture close to the final image. Previews are sent at most 256 px wide, so the latents
 are first pooled to what decodes to that size: the cost stays that of a 256 px decode
-whatever the image size (about 0.3 s on a 2-core CPU), and the recorder spaces out
+whatever the image size (about 0.25 s on a 2-core CPU), and the recorder spaces out
 previews that slow to a tenth of the task's time (actors/recorder.py). With `latent`,
 or when that model cannot be loaded or decoded, a 4x3 projection of the latents gives
 a blurry thumbnail for free: a task never fails for its preview.

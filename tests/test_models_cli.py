@@ -112,11 +112,13 @@ def test_models_pull_fetches_the_preview_decoder_and_list_loads_it_offline(
     absent = livepix("models", "pull", **env)  # offline, nothing cached
     assert absent.returncode == 1
     assert "previews (image_generation, style_transfer): failed: the preview model" in absent.stdout
+    hub_args = {"HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    with serving(FakeHub("livepix-test/another-model", tiny_taesd_dir)) as other:
+        unknown = livepix("models", "pull", HF_ENDPOINT=other.url, **hub_args, **env)
+    assert unknown.returncode == 1  # the hub answers, but has no such repo
+    assert f"the preview model '{repo}' could not be loaded" in unknown.stdout
     with serving(FakeHub(repo, tiny_taesd_dir)) as hub:
-        out = livepix(
-            "models", "pull", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HUB_DISABLE_IMPLICIT_TOKEN="1", **env,
-        )
+        out = livepix("models", "pull", HF_ENDPOINT=hub.url, **hub_args, **env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "previews (image_generation, style_transfer): ready" in out.stdout.splitlines()
     listed = livepix("models", "list", "--check", **env)

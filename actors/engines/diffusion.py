@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
@@ -25,11 +26,11 @@ from PIL import Image
 from livepix.config import Settings
 from livepix.wire import STYLE_PRESETS
 
-from ..errors import InvalidImageError, ModelUnavailableError, OutOfMemoryError
+from ..errors import InvalidImageError, OutOfMemoryError
 from . import EngineInput, EngineOutput, Report
 from .device import Device, free_cuda_memory, is_out_of_memory, pick_device
 from .download import Progress
-from .hub import hub_cache, hub_reachable, in_hub_cache, model_source, progress_of
+from .hub import load_pretrained, model_source, progress_of
 from .preview import Previewer, load_previewer
 
 log = logging.getLogger(__name__)
@@ -60,38 +61,22 @@ class Diffusion:
 
     @classmethod
     def load(cls, settings: Settings, report: Report) -> Diffusion:
-        source, local = image_model(settings)
-        if local and not Path(source).is_dir():
-            raise ModelUnavailableError(f"LIVEPIX_TXT2IMG_MODEL={source} is not a directory")
-        if not local and not in_hub_cache(settings, source) and not hub_reachable():
-            # The hub client would retry for half a minute: fail now, and say why.
-            raise ModelUnavailableError(
-                f"the image model {source!r} is not in the data dir and the Hugging Face hub "
-                "is unreachable; set LIVEPIX_TXT2IMG_MODEL to a local diffusers directory"
-            )
         import torch
         from diffusers import AutoPipelineForText2Image
 
         device = pick_device(settings.device)
-        options: dict[str, Any] = {"dtype": device.dtype}
-        if not local:
-            options["cache_dir"] = str(hub_cache(settings))
-        try:
-            try:
-                pipe = AutoPipelineForText2Image.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
-            except (OSError, ValueError):
-                if local:
-                    raise
-                report(2, f"Fetching {source} into the data dir (first use; several GB)")
-                # Bytes between 2 and 4 percent: denoising reports from 4 on.
-                with progress_of(Progress(report, source, 2, 4)):
-                    pipe = AutoPipelineForText2Image.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(
-                f"the image model {source!r} could not be loaded ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); set LIVEPIX_TXT2IMG_MODEL to a local diffusers directory "
-                "or make the hub reachable once"
-            ) from exc
+
+        def load(source: str, **options: Any) -> Any:
+            return AutoPipelineForText2Image.from_pretrained(source, dtype=device.dtype, **options)  # type: ignore[no-untyped-call]
+
+        @contextmanager
+        def fetching(source: str) -> Iterator[None]:
+            report(2, f"Fetching {source} into the data dir (first use; several GB)")
+            with progress_of(Progress(report, source, 2, 4)):  # denoising reports from 4 on
+                yield
+
+        source, local = image_model(settings)
+        pipe = load_pretrained(load, source, local, "LIVEPIX_TXT2IMG_MODEL", "image model", settings, fetching)
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device.name)
         log.info("diffusion model %s on %s (%s)", source, device.name, torch.float16 if device.is_cuda else "fp32")

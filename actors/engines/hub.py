@@ -23,13 +23,14 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlparse
 
 from livepix.config import Settings
 
+from ..errors import ModelUnavailableError, TaskCancelledError
 from .download import Progress
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,47 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     except OSError:
         return False
     return True
+
+
+T = TypeVar("T")
+
+
+def load_pretrained(
+    load: Callable[..., T],
+    source: str,
+    local: bool,
+    setting: str,
+    what: str,
+    settings: Settings,
+    fetching: Callable[[str], AbstractContextManager[object]],
+) -> T:
+    """`load(source, **options)` of a local directory or a hub model (`model_source`),
+    the value of `setting`: a hub model from the data dir, fetched into it on first use
+    inside `fetching(source)` (which reports it). ModelUnavailableError, naming
+    `setting`, if it cannot be had; a cancel raised while fetching goes through."""
+    hint = f"set {setting} to a local directory or make the hub reachable once"
+    if local and not Path(source).is_dir():
+        raise ModelUnavailableError(f"{setting}={source} is not a directory")
+    if not local and not in_hub_cache(settings, source) and not hub_reachable():
+        # The hub client would retry for half a minute: fail now, and say why.
+        raise ModelUnavailableError(
+            f"the {what} {source!r} is not in the data dir and the Hugging Face hub is unreachable; {hint}"
+        )
+    options = {} if local else {"cache_dir": str(hub_cache(settings))}
+    try:
+        try:
+            return load(source, local_files_only=True, **options)
+        except (OSError, ValueError):
+            if local:
+                raise
+            with fetching(source):
+                return load(source, **options)
+    except TaskCancelledError:
+        raise
+    except Exception as exc:  # hub, network, file or config errors alike
+        raise ModelUnavailableError(
+            f"the {what} {source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]}); {hint}"
+        ) from exc
 
 
 class Tally:

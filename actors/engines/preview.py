@@ -13,19 +13,19 @@ a blurry thumbnail for free: a task never fails for its preview.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
 
 from livepix.config import Settings
 
-from ..errors import ModelUnavailableError, TaskCancelledError
+from ..errors import ModelUnavailableError
 from ..recorder import PREVIEW_MAX_SIDE
 from . import Report
 from .device import Device, free_cuda_memory, is_out_of_memory
-from .hub import hub_cache, hub_reachable, in_hub_cache, model_source
+from .hub import load_pretrained, model_source
 
 log = logging.getLogger(__name__)
 
@@ -116,34 +116,22 @@ def is_latent(settings: Settings) -> bool:
 def load_decoder(settings: Settings, device: Device, report: Report) -> TinyDecoder:
     """The TAESD of `LIVEPIX_PREVIEW_MODEL`, fetched into the data dir on first use (in
     one piece: ~10 MB, no byte progress); ModelUnavailableError if it cannot be had."""
-    source, local = model_source(settings.preview_model.strip())
-    if local and not Path(source).is_dir():
-        raise ModelUnavailableError(f"LIVEPIX_PREVIEW_MODEL={source} is not a directory")
-    if not local and not in_hub_cache(settings, source) and not hub_reachable():
-        raise ModelUnavailableError(
-            f"the preview model {source!r} is not in the data dir and the Hugging Face hub is unreachable"
-        )
     from diffusers import AutoencoderTiny
 
-    options: dict[str, Any] = {"dtype": device.dtype, "output_loading_info": True}
-    if not local:
-        options["cache_dir"] = str(hub_cache(settings))
-    try:
-        try:
-            vae, info = AutoencoderTiny.from_pretrained(source, local_files_only=True, **options)  # type: ignore[no-untyped-call]
-        except (OSError, ValueError):
-            if local:
-                raise
-            report(4, f"Fetching {source} into the data dir (preview decoder, first use)")
-            vae, info = AutoencoderTiny.from_pretrained(source, **options)  # type: ignore[no-untyped-call]
+    def load(source: str, **options: Any) -> Any:
+        vae, info = AutoencoderTiny.from_pretrained(  # type: ignore[no-untyped-call]
+            source, dtype=device.dtype, output_loading_info=True, **options
+        )
         if info["missing_keys"]:  # another kind of model (an SD VAE): its weights would be random
             raise ValueError(f"not a TAESD: {len(info['missing_keys'])} of its weights are missing")
-        vae = vae.to(device.name).eval()
-    except TaskCancelledError:
-        raise
-    except Exception as exc:  # hub, network, file or config errors alike
-        raise ModelUnavailableError(
-            f"the preview model {source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
+        return vae.to(device.name).eval()
+
+    @contextmanager
+    def fetching(source: str) -> Iterator[None]:
+        report(4, f"Fetching {source} into the data dir (preview decoder, first use)")
+        yield
+
+    source, local = model_source(settings.preview_model.strip())
+    vae = load_pretrained(load, source, local, "LIVEPIX_PREVIEW_MODEL", "preview model", settings, fetching)
     log.info("preview decoder %s on %s", source, device.name)
     return TinyDecoder(vae, source)

@@ -24,25 +24,37 @@ TICK_S = 1.0
 class Keepalive:
     def __init__(self, every_s: int) -> None:
         self.every_s = max(1, every_s)
-        self._watches: set[Watch] = set()
+        # Each stream, and since when it has been quiet as far as the ticks saw: a
+        # stream only flags that it sent (`Watch.sent`), the clock is read here, once a
+        # tick, not once per frame.
+        self._quiet_since: dict[Watch, float] = {}
 
-    def add(self, watch: Watch) -> None:
-        self._watches.add(watch)
+    def add(self, watch: Watch, now: float | None = None) -> None:
+        self._quiet_since[watch] = time.monotonic() if now is None else now
 
     def discard(self, watch: Watch) -> None:
-        self._watches.discard(watch)
+        self._quiet_since.pop(watch, None)
 
     async def tick(self, now: float) -> int:
         """Ping the streams quiet for `every_s` at `now` (time.monotonic); how many.
-        Streams that one event reached together fall quiet together: their pings go
-        out in slices, with the event loop running in between (as the hub's fan-out)."""
-        quiet_since = now - self.every_s
-        due = [w for w in self._watches if w.sent_at <= quiet_since]
+        A stream that sent since the last tick counts as quiet from `now`. Streams that
+        one event reached together fall quiet together: their pings go out in slices,
+        with the event loop running in between (as the hub's fan-out)."""
+        quiet = self._quiet_since
+        due = []
+        for watch, since in quiet.items():
+            if watch.sent:
+                watch.sent = False
+                quiet[watch] = now  # a new value, not a new key: the loop goes on
+            elif now - since >= self.every_s:
+                due.append(watch)
         pinged = 0
         async for some in in_slices(due):
             for watch in some:
-                if watch in self._watches and not watch.pending():  # still open and quiet
+                if watch in quiet and not watch.pending():  # still open and quiet
                     watch.say(PING)
+                    watch.sent = False
+                    quiet[watch] = now
                     pinged += 1
         return pinged
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -142,9 +141,9 @@ class Watch:
     # A Future only while `get` waits: an asyncio.Event per idle connection would cost
     # a deque (~0.8 KB) each (docs/benchmarks.md, F7).
     _waiter: asyncio.Future[None] | None = None
-    # When a frame last went out (or was handed to the sender): SSE keepalives skip the
-    # streams that are not quiet (app/keepalive.py).
-    sent_at: float = field(default_factory=time.monotonic)
+    # Whether a frame went out (or was handed to the sender) since the keepalive last
+    # looked: SSE keepalives skip the streams that are not quiet (app/keepalive.py).
+    sent: bool = False
 
     def begin(self, task_id: str, since: int) -> None:
         """Start following `task_id` after `since`; live frames wait for `end_sync`."""
@@ -219,7 +218,7 @@ class Watch:
             resume = self.direct(frame)
         except Exception:  # noqa: BLE001 - queued instead: the sender task meets it again, and ends
             return False
-        self.sent_at = time.monotonic()
+        self.sent = True
         if resume is not None:
             self._out.append(resume)
             self._wake()
@@ -250,7 +249,7 @@ class Watch:
                 self._waiter = None
         if self.overflowed:
             return None
-        self.sent_at = time.monotonic()
+        self.sent = True
         slot = self._out.pop(0)
         if isinstance(slot, tuple):
             self._history -= 1

@@ -16,23 +16,27 @@ def tick(keepalive: Keepalive, now: float) -> int:
 def test_a_stream_is_pinged_once_quiet_for_the_period_and_again_a_period_later() -> None:
     keepalive = Keepalive(every_s=15)
     watch = Watch()
-    keepalive.add(watch)
-    start = watch.sent_at
-    assert tick(keepalive, start + 14) == 0
-    assert tick(keepalive, start + 15) == 1 and watch.pending() == 1
-    assert tick(keepalive, start + 16) == 0  # its ping is still queued
+    keepalive.add(watch, now=100.0)
+    assert tick(keepalive, 114) == 0
+    assert tick(keepalive, 115) == 1 and watch.pending() == 1
+    assert tick(keepalive, 116) == 0  # its ping is still queued
+    watch._out.clear()  # the sender took it
+    assert tick(keepalive, 129) == 0
+    assert tick(keepalive, 130) == 1
 
 
 def test_a_stream_that_sent_recently_or_has_frames_queued_is_not_pinged_and_a_gone_one_never() -> None:
     keepalive = Keepalive(every_s=1)
     busy, recent, gone = Watch(), Watch(), Watch()
     for watch in (busy, recent, gone):
-        keepalive.add(watch)
+        keepalive.add(watch, now=100.0)
     busy.say(PING)
     keepalive.discard(gone)
-    recent.sent_at = gone.sent_at + 10
-    assert tick(keepalive, gone.sent_at + 5) == 0
+    recent.sent = True  # a frame went out since the last tick
+    assert tick(keepalive, 105) == 0
     assert busy.pending() == 1 and recent.pending() == 0 and gone.pending() == 0
+    assert tick(keepalive, 105.5) == 0  # quiet only since the tick at 105
+    assert tick(keepalive, 106) == 1 and recent.pending() == 1
 
 
 def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period() -> None:
@@ -45,14 +49,31 @@ def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period
             sent.append(frame)
 
         watch.direct = direct
-        keepalive.add(watch)
+        keepalive.add(watch, now=100.0)
         waiting = asyncio.create_task(watch.get())
         await asyncio.sleep(0)  # the sender waits for a frame
-        now = watch.sent_at + 2
-        assert await keepalive.tick(now) == 1
+        assert await keepalive.tick(102) == 1
         assert sent == [PING] and watch.pending() == 0 and not waiting.done()
-        assert watch.sent_at > now - 2
-        assert await keepalive.tick(watch.sent_at + 0.5) == 0
+        assert await keepalive.tick(102.5) == 0
+        assert await keepalive.tick(103) == 1 and sent == [PING, PING]
+        waiting.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_frame_sent_straight_from_the_fan_out_counts_as_not_quiet() -> None:
+    async def main() -> None:
+        keepalive = Keepalive(every_s=1)
+        watch = Watch()
+        watch.direct = lambda frame: None
+        watch.begin("t", 0)
+        watch.end_sync("t", [])
+        keepalive.add(watch, now=100.0)
+        waiting = asyncio.create_task(watch.get())
+        await asyncio.sleep(0)
+        watch.offer(Frame.parse('{"task_id": "t", "seq": 1, "type": "progress", "ts": 1.0}'))
+        assert await keepalive.tick(101) == 0  # it sent since the last tick
+        assert await keepalive.tick(102) == 1
         waiting.cancel()
 
     asyncio.run(main())
@@ -63,9 +84,8 @@ def test_streams_that_fell_quiet_together_are_pinged_in_slices_and_a_stream_gone
         keepalive = Keepalive(every_s=1)
         watches = [Watch() for _ in range(2 * SLICE + 1)]
         for watch in watches:
-            keepalive.add(watch)
-        now = max(w.sent_at for w in watches) + 5
-        pinging = asyncio.create_task(keepalive.tick(now))
+            keepalive.add(watch, now=100.0)
+        pinging = asyncio.create_task(keepalive.tick(105))
         await asyncio.sleep(0)  # the first slice
         pinged_first = sum(w.pending() for w in watches)
         late = next(w for w in watches if not w.pending())

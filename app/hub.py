@@ -3,9 +3,10 @@
 A channel is subscribed when its first local watch arrives and unsubscribed when the
 last one leaves. The listener decodes each message once and offers the frame to each
 watch, which never waits on its client; a big channel's fan-out lets the event loop
-run between slices, and the listener reads the next message only after it. Pub/sub is at-most-once, so after every reconnect the
-hub re-reads each watched task's log from the lowest seq its watches have and replays
-it (watches drop what they already have): a Redis blip leaves no silent gap.
+run between slices, and the listener reads the next message only after it. Pub/sub is
+at-most-once, so after every reconnect the hub re-reads each watched task's log from
+the lowest seq its watches have and replays it (watches drop what they already have):
+a Redis blip leaves no silent gap.
 """
 
 from __future__ import annotations

@@ -49,10 +49,8 @@ class Deliveries:
 
 def sent(frame: Frame) -> None:
     """Record a task event handed to a client: the time since its worker published it."""
-    ts = frame.ts
-    if ts is not None:
-        latency = time.time() - ts
-        DELIVERY_LATENCY.observe(max(0.0, latency))
+    if frame.ts is not None:
+        DELIVERY_LATENCY.observe(max(0.0, time.time() - frame.ts))
 
 
 def _line(name: str, value: float, help_text: str, kind: str = "gauge", labels: str = "") -> str:

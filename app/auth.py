@@ -82,6 +82,9 @@ class Authenticator:
 
     def _verify_token(self, token: str) -> Caller | None:
         payload, _, signature = token.partition(".")
+        # compare_digest refuses a str that is not ASCII: a token is, or it is wrong.
+        if not signature.isascii() or not payload.isascii():
+            return None
         if not signature or not hmac.compare_digest(signature, self._sign(payload)):
             return None
         try:
@@ -112,7 +115,11 @@ class Authenticator:
             return True  # not a browser, or explicitly open
         if origin in self.allowed_origins:
             return True
-        return urlsplit(origin).netloc == headers.get("host", "")
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # "http://[": not a URL, so not an Origin we allow
+            return False
+        return netloc == headers.get("host", "")
 
 
 class AuthMiddleware:

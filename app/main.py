@@ -77,8 +77,9 @@ def build_routes() -> list[BaseRoute]:
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        # Before the static Mount, which would answer a WebSocket with a bare 403.
         WebSocketRoute("/{path:path}", unknown_ws),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
 
 

@@ -27,7 +27,7 @@ from .hub import Hub
 from .metrics import sent
 from .prepared import websocket_transport
 from .stalls import Stalls
-from .streams import close, inline_param, run_until_first_done, shape
+from .streams import close, inline_param, past_the_end, run_until_first_done, shape
 from .tasks import TaskService
 from .validation import ValidationError, json_problem, validate_task
 from .watch import Frame, Watch
@@ -176,6 +176,10 @@ class Session:
             return
         if task_id in self.watch.follows or task_id in self._joining:
             return  # already subscribed: harmless, and never delivers twice
+        if (refused := past_the_end(since, state.seq)) is not None:
+            self.error(refused.code.value, "since is past the task's last event", task_id=task_id,
+                       details=refused.details)
+            return
         since = max(since, self._sent.get(task_id, 0))
         if state.terminal and since >= state.seq:
             return  # this socket already has every event of the finished task

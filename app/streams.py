@@ -55,6 +55,16 @@ def since_param(conn: HTTPConnection) -> int:
     return since
 
 
+def past_the_end(since: int, last_seq: int) -> InvalidInputError | None:
+    """A resume point after the task's last event: no event could ever follow it (a
+    client never saw a seq the log does not have yet), so the stream is refused."""
+    if since <= last_seq:
+        return None
+    return InvalidInputError(
+        details={"since": [f"is past the task's last event (seq {last_seq}); resume from a seq you received"]}
+    )
+
+
 def inline_param(conn: HTTPConnection) -> bool:
     return conn.query_params.get("inline", "1") not in ("0", "false")
 
@@ -86,6 +96,8 @@ async def events_sse(request: Request) -> Response:
             raise
         # A browser's EventSource gives up for good on a non-200: ask it to retry.
         return EventStream(_retry_only(), headers=_SSE_HEADERS)
+    if (refused := past_the_end(since, state.seq)) is not None:
+        raise refused
 
     watch = Watch()
     ended = state.terminal and since >= state.seq  # the stream keeps no TaskState alive
@@ -220,6 +232,8 @@ async def task_ws(websocket: WebSocket) -> None:
         task_id = task_id_param(websocket)
         since = since_param(websocket)
         state = await tasks.get(task_id, websocket.state.caller)
+        if (refused := past_the_end(since, state.seq)) is not None:
+            raise refused
     except ApiError as exc:
         await deny(websocket, exc)
         return

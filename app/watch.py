@@ -262,8 +262,9 @@ class Watch:
         return frame
 
     def say(self, frame: Frame) -> None:
-        """Send a frame that is not a task event (a WebSocket reply, an SSE keepalive)."""
-        if len(self._out) >= self.max_frames:
+        """Send a frame that is not a task event (a WebSocket reply, an SSE keepalive).
+        Like live frames, replies count against the outbox; queued history does not."""
+        if len(self._out) - self._history >= self.max_frames:
             self.overflowed = True
         elif self._send_now(frame):
             return

@@ -121,3 +121,20 @@ def test_tokens_never_reach_the_logs(secured: Stack) -> None:
     httpx.post(f"{secured.url}{API}/tasks/{task['task_id']}/cancel/", headers=as_(KEY_A))
     logs = secured.logs()
     assert token not in logs and KEY_A not in logs
+
+
+@pytest.mark.parametrize("token", ["x.%C3%A9", "%C3%A9.%C3%A9", "%C3%A9", "x.\u00e9"])
+def test_a_non_ascii_token_is_401_everywhere_not_500(secured: Stack, token: str) -> None:
+    """hmac.compare_digest raises on a str that is not ASCII: it once answered 500."""
+    base = secured.url
+    task_id = submit_as(base, KEY_A)["task_id"]
+    for suffix in ("/status/", "/result/", "/events", "/result.png"):
+        response = httpx.get(f"{base}{API}/tasks/{task_id}{suffix}?token={token}")
+        assert response.status_code == 401, (suffix, response.text)
+        assert response.json()["code"] == "unauthorized"
+    for path in (f"/tasks/{task_id}/ws", "/ws"):
+        with pytest.raises(InvalidStatus) as refused:
+            ws_client.connect(ws_url(base, f"{path}?token={token}"), open_timeout=10)
+        assert refused.value.response.status_code == 401
+        assert json.loads(refused.value.response.body or b"")["code"] == "unauthorized"
+    httpx.post(f"{base}{API}/tasks/{task_id}/cancel/", headers=as_(KEY_A))

@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from livepix.config import Settings, load_settings
@@ -23,13 +22,10 @@ from livepix.config import Settings, load_settings
 from . import routes
 from .auth import Authenticator, AuthMiddleware
 from .errors import EXCEPTION_HANDLERS, NotFoundError
-from .hub import Hub
-from .keepalive import Keepalive
+from .live import Live
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
-from .prepared import SERVER_SEND
-from .stalls import Stalls
 from .streams import deny, events_sse, task_ws
 from .tasks import TaskService
 from .upkeep import Upkeep
@@ -88,18 +84,9 @@ async def unknown_ws(websocket: WebSocket) -> None:
     await deny(websocket, NotFoundError("Not found"))
 
 
-class App(Starlette):
-    """The api: Starlette, keeping the server's own `send` in each scope for the
-    prepared writes of the fan-out (app/prepared.py). Those bytes pass no middleware:
-    a middleware that rewrites response bodies (compression) must not wrap the
-    streams."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
+    """The api. Under uvicorn, app/server.py sets `state.transports` before it starts,
+    so that events can take the prepared-write path (app/live/outlets.py)."""
     settings = settings or load_settings()
     if not settings.redis_url:
         raise ValueError("the api needs REDIS_URL (`livepix serve` sets it for you)")
@@ -121,32 +108,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         client = aioredis.Redis(connection_pool=pool)
         tasks = TaskService(client, settings)
-        hub = Hub(redis_url, tasks.read_log)
+        live = Live.create(redis_url, tasks.read_log, settings.sse_keepalive_s,
+                           getattr(app.state, "transports", None))
+        upkeep = Upkeep(tasks)
         app.state.settings = settings
         app.state.auth = authenticator
         app.state.tasks = tasks
-        app.state.hub = hub
-        stalls = Stalls()
-        app.state.stalls = stalls
-        keepalive = Keepalive(settings.sse_keepalive_s)
-        app.state.keepalive = keepalive
-        await hub.start()
-        upkeep = Upkeep(tasks)
+        app.state.live = live
         app.state.upkeep = upkeep
-        upkeep_task = asyncio.create_task(upkeep.run(), name="livepix-upkeep")
-        stalls_task = asyncio.create_task(stalls.run(), name="livepix-stalls")
-        keepalive_task = asyncio.create_task(keepalive.run(), name="livepix-keepalive")
-        try:
-            yield
-        finally:
-            upkeep_task.cancel()
-            stalls_task.cancel()
-            keepalive_task.cancel()
-            await hub.stop()
-            await client.aclose()
-            await pool.aclose()
+        async with live.running():
+            upkeep_task = asyncio.create_task(upkeep.run(), name="livepix-upkeep")
+            try:
+                yield
+            finally:
+                upkeep_task.cancel()
+                await asyncio.gather(upkeep_task, return_exceptions=True)
+        await client.aclose()
+        await pool.aclose()
 
-    return App(
+    return Starlette(
         routes=build_routes(),
         middleware=[Middleware(AuthMiddleware, authenticator=authenticator)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,93 +1,99 @@
-"""`GET /metrics`: Prometheus text exposition of what the api process sees."""
+"""`GET /metrics`: what the api process sees, in the Prometheus text format.
+
+Rendered by prometheus-client from a collector that reads livepix's own counts at
+scrape time: the delivery path keeps plain integers (app/live/counters.py), cheaper on
+the hot path than the client library's locked metric objects. The queue snapshot is
+read from Redis per scrape; the metrics still render while Redis is down.
+"""
 
 from __future__ import annotations
 
-import bisect
-import time
+from collections.abc import Iterator
+from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from .errors import UnavailableError
-from .hub import Hub
+from .live import Live
+from .live.counters import LATENCY, Counts
 from .tasks import TaskService
-from .watch import Frame, Pressure
 
 
-class Histogram:
-    """A Prometheus histogram with fixed buckets; observing is a bisect and two adds."""
+class _Snapshot:
+    """A prometheus-client collector over one scrape's values."""
 
-    def __init__(self, bounds_s: tuple[float, ...]) -> None:
-        self.bounds = bounds_s
-        self.counts = [0] * (len(bounds_s) + 1)
-        self.total = 0.0
+    def __init__(self, live: Live, tasks: TaskService, lost: int, queues: dict[str, Any] | None) -> None:
+        self.live = live
+        self.tasks = tasks
+        self.lost = lost
+        self.queues = queues
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def render(self, name: str, help_text: str) -> str:
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=False):
+    def collect(self) -> Iterator[Metric]:
+        hub = self.live.hub
+        yield GaugeMetricFamily("livepix_hub_connected", "1 while the hub's pub/sub connection is up",
+                                value=int(hub.connected.is_set()))
+        yield CounterMetricFamily("livepix_hub_reconnects", "pub/sub reconnects", value=hub.reconnects)
+        yield CounterMetricFamily("livepix_hub_messages", "events received from Redis", value=hub.messages)
+        yield CounterMetricFamily("livepix_hub_deliveries", "events offered to outboxes", value=hub.offered)
+        yield GaugeMetricFamily("livepix_watched_tasks", "tasks with at least one local watcher",
+                                value=hub.watched_tasks)
+        yield GaugeMetricFamily("livepix_watches", "local task subscriptions", value=hub.follow_count)
+        yield CounterMetricFamily("livepix_tasks_lost", "tasks failed worker_lost by this api's watchdog",
+                                  value=self.lost)
+        yield CounterMetricFamily("livepix_progress_coalesced",
+                                  "progress events replaced by a newer one for a slow client", value=Counts.coalesced)
+        yield CounterMetricFamily("livepix_progress_dropped",
+                                  "progress events not queued for a full outbox (named by the next event's replaces)",
+                                  value=Counts.dropped)
+        yield CounterMetricFamily("livepix_slow_clients_closed",
+                                  "connections closed as too slow (outbox full or a send blocked past the timeout)",
+                                  value=Counts.overflowed + Counts.stalled)
+        yield CounterMetricFamily("livepix_deliveries", "task events handed to client connections",
+                                  value=Counts.delivered)
+        yield CounterMetricFamily("livepix_deliveries_prepared",
+                                  "task events written straight to a client's transport, past the ASGI send",
+                                  value=Counts.prepared)
+        buckets, running = [], 0
+        for bound, count in zip((*LATENCY.bounds, float("inf")), LATENCY.counts, strict=True):
             running += count
-            lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        running += self.counts[-1]
-        lines += [f'{name}_bucket{{le="+Inf"}} {running}', f"{name}_sum {self.total:.6f}", f"{name}_count {running}"]
-        return "\n".join(lines) + "\n"
+            buckets.append((_le(bound), running))
+        yield HistogramMetricFamily("livepix_delivery_latency_seconds",
+                                    "publish (event ts) to hand-over to the client socket",
+                                    buckets=buckets, sum_value=LATENCY.total)
+        submitted = CounterMetricFamily("livepix_tasks_submitted", "tasks submitted to this api process",
+                                        labels=["task_type"])
+        for task_type, count in sorted(self.tasks.submitted.items()):
+            submitted.add_metric([task_type], count)
+        yield submitted
+        if self.queues is not None:
+            pending = GaugeMetricFamily("livepix_queue_pending", "tasks waiting per queue", labels=["queue"])
+            for queue, numbers in self.queues["queues"].items():
+                pending.add_metric([queue], numbers["pending"])
+            yield pending
+            yield GaugeMetricFamily("livepix_workers", "workers seen in the last 15 s", value=self.queues["workers"])
+            yield GaugeMetricFamily("livepix_running_tasks", "tasks running now", value=self.queues["running"])
 
 
-DELIVERY_LATENCY = Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
-
-
-class Deliveries:
-    """Process-wide count of deliveries written as prepared bytes (app/prepared.py):
-    after a uvicorn upgrade, 0 here means every delivery takes the slower ASGI path."""
-
-    prepared = 0
-
-
-def sent(frame: Frame) -> None:
-    """Record a task event handed to a client: the time since its worker published it."""
-    if frame.ts is not None:
-        DELIVERY_LATENCY.observe(max(0.0, time.time() - frame.ts))
-
-
-def _line(name: str, value: float, help_text: str, kind: str = "gauge", labels: str = "") -> str:
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 async def metrics(request: Request) -> Response:
-    hub: Hub = request.app.state.hub
     tasks: TaskService = request.app.state.tasks
-    out = [
-        _line("livepix_hub_connected", int(hub.connected.is_set()), "1 while the hub's pub/sub connection is up"),
-        _line("livepix_hub_reconnects_total", hub.reconnects, "pub/sub reconnects", "counter"),
-        _line("livepix_hub_messages_total", hub.messages, "events received from Redis", "counter"),
-        _line("livepix_hub_deliveries_total", hub.deliveries, "events offered to watches", "counter"),
-        _line("livepix_watched_tasks", hub.watched_tasks, "tasks with at least one local watcher"),
-        _line("livepix_watches", hub.watch_count, "local task subscriptions"),
-        _line("livepix_tasks_lost_total", request.app.state.upkeep.lost, "tasks failed worker_lost by this api's watchdog", "counter"),
-        _line("livepix_progress_coalesced_total", Pressure.coalesced, "progress events replaced by a newer one for a slow client", "counter"),
-        _line("livepix_progress_dropped_total", Pressure.dropped, "progress events dropped for a full outbox", "counter"),
-        _line("livepix_slow_clients_closed_total", Pressure.overflowed + Pressure.stalled, "connections closed as too slow (outbox full or a send blocked past the timeout)", "counter"),
-        _line("livepix_deliveries_prepared_total", Deliveries.prepared, "task events written straight to a client's transport, past the ASGI send", "counter"),
-        DELIVERY_LATENCY.render("livepix_delivery_latency_seconds", "publish (event ts) to hand-over to the client socket"),
-    ]
-    submitted = "".join(
-        f'livepix_tasks_submitted_total{{task_type="{t}"}} {n}\n' for t, n in sorted(tasks.submitted.items())
-    )
-    out.append("# HELP livepix_tasks_submitted_total tasks submitted to this api process\n"
-               "# TYPE livepix_tasks_submitted_total counter\n" + submitted)
     try:
-        snapshot = await tasks.queues()
-    except UnavailableError:  # metrics still render while Redis is down
-        snapshot = None
-    if snapshot is not None:
-        depth = "".join(
-            f'livepix_queue_pending{{queue="{q}"}} {v["pending"]}\n' for q, v in snapshot["queues"].items()
-        )
-        out.append("# HELP livepix_queue_pending tasks waiting per queue\n# TYPE livepix_queue_pending gauge\n" + depth)
-        out.append(_line("livepix_workers", snapshot["workers"], "workers seen in the last 15 s"))
-        out.append(_line("livepix_running_tasks", snapshot["running"], "tasks running now"))
-    return PlainTextResponse("".join(out), media_type="text/plain; version=0.0.4")
+        queues = await tasks.queues()
+    except UnavailableError:
+        queues = None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(request.app.state.live, tasks, request.app.state.upkeep.lost, queues))
+    ProcessCollector(registry=registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -18,88 +18,46 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from livepix.images import ImageLimits
-from livepix.wire import MAX_SEQ, ErrorCode, WsClose, dumps
+from livepix.wire import MAX_SEQ, ErrorCode, WsClose
 
 from .auth import Authenticator, Caller
-from .direct import Resume, start, written
 from .errors import ApiError, UnauthorizedError
-from .hub import Hub
-from .metrics import sent
-from .prepared import websocket_transport
-from .stalls import Stalls
-from .streams import close, inline_param, past_the_end, run_until_first_done, shape
+from .live import Ending, Frame, Live, MuxOutlet, Outbox, Subscriptions
+from .streams import close, inline_param, past_the_end, run_until_first_done, shaper
 from .tasks import TaskService
 from .validation import ValidationError, json_problem, validate_task
-from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
-
 
 
 def _not_json(constant: str) -> NoReturn:
     raise ValueError(f"{constant} is not JSON")  # json.loads accepts NaN and Infinity otherwise
 
 
-def _reply(**fields: Any) -> Frame:
-    return Frame(task_id="", seq=0, type="op", text=dumps(fields), event=fields)
-
-
 class Session:
     """One client of `/ws`: its subscriptions and the ops it sends."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, live: Live, subscriptions: Subscriptions) -> None:
         self.ws = websocket
         self.tasks: TaskService = websocket.app.state.tasks
-        self.hub: Hub = websocket.app.state.hub
-        self.stalls: Stalls = websocket.app.state.stalls
         self.caller: Caller = websocket.state.caller
-        self.watch = Watch()
-        self.inline = inline_param(websocket)
-        self.transport = websocket_transport(websocket.scope)
+        self.subscriptions = subscriptions
+        self.outbox = subscriptions.outbox
+        self.outlet = MuxOutlet(
+            self.outbox, live.stalls, websocket.send, live.transports.websocket(websocket.scope),
+            shaper(websocket, inline_param(websocket)), subscriptions,
+        )
         self._joining: dict[str, asyncio.Task[None]] = {}
-        # The last seq this socket sent per task: a repeated subscribe never re-sends,
-        # until the client unsubscribes.
-        self._sent: dict[str, int] = {}
 
     def say(self, **fields: Any) -> None:
-        self.watch.say(_reply(**fields))
+        self.outbox.say(Frame.reply(**fields))
 
     def error(self, code: str, message: str, **about: Any) -> None:
         self.say(op="error", code=code, error=message, **about)
 
-    def send_now(self, frame: Frame) -> Resume | None:
-        """Send a live frame from the hub's fan-out (`Watch.direct`)."""
-        shaped = shape(frame, self.inline, self.ws)
-        if written(self.transport, shaped.ws_frame(), frame):
-            resume = None
-        else:
-            resume = start(self.ws.send_text(shaped.text), frame)
-        if resume is None and frame.seq:
-            self._sent[frame.task_id] = frame.seq
-        return resume
-
     async def send_loop(self) -> None:
-        self.watch.direct = self.send_now
-        while True:
-            frame = await self.watch.get()
-            if frame is None:
-                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                return
-            try:
-                if isinstance(frame, Resume):
-                    await self.stalls.send(frame)  # a send that the fan-out began (and records)
-                    frame = frame.frame
-                else:
-                    await self.stalls.send(self.ws.send_text(shape(frame, self.inline, self.ws).text))
-                    sent(frame)
-                if frame.seq:
-                    self._sent[frame.task_id] = frame.seq
-            except TimeoutError:
-                await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
-                return
-            if frame.terminal:
-                self.hub.unfollow(self.watch, frame.task_id)
-            del frame  # an idle socket keeps no event alive
+        if await self.outlet.pump() is Ending.TOO_SLOW:
+            await close(self.ws, WsClose.TOO_SLOW, "too slow; resubscribe from your last seq")
 
     async def receive_loop(self) -> None:
         while True:
@@ -144,9 +102,9 @@ class Session:
                 joining = self._joining.pop(task_id, None)
                 if joining is not None:
                     joining.cancel()  # its follow unfollows itself
-                self.hub.unfollow(self.watch, task_id)
+                self.subscriptions.unfollow(task_id)
                 # After an explicit unsubscribe, a subscribe means what its `since` says.
-                self._sent.pop(task_id, None)
+                self.outlet.last_seq.pop(task_id, None)
                 self.say(op="unsubscribed", task_id=task_id)
         elif name == "cancel":
             task_id = self._task_id(op)
@@ -174,13 +132,13 @@ class Session:
         except ApiError as exc:
             self.error(exc.code.value, exc.message, task_id=task_id)
             return
-        if task_id in self.watch.follows or task_id in self._joining:
+        if task_id in self.outbox.follows or task_id in self._joining:
             return  # already subscribed: harmless, and never delivers twice
         if (refused := past_the_end(since, state.seq)) is not None:
             self.error(refused.code.value, "since is past the task's last event", task_id=task_id,
                        details=refused.details)
             return
-        since = max(since, self._sent.get(task_id, 0))
+        since = max(since, self.outlet.last_seq.get(task_id, 0))
         if state.terminal and since >= state.seq:
             return  # this socket already has every event of the finished task
         # Follow in the background: history reads must not stall this socket's ops.
@@ -188,7 +146,7 @@ class Session:
 
     async def _follow(self, task_id: str, since: int) -> None:
         try:
-            await self.hub.follow(self.watch, task_id, since)
+            await self.subscriptions.follow(task_id, since)
         except RedisError:
             self.error(ErrorCode.UNAVAILABLE.value, "storage unavailable; subscribe again", task_id=task_id)
         finally:
@@ -236,16 +194,17 @@ class Session:
         for join in joins:
             join.cancel()
         await asyncio.gather(*joins, return_exceptions=True)  # each unfollows itself
-        self.hub.unfollow_all(self.watch)
 
 
 async def mux_ws(websocket: WebSocket) -> None:
     await websocket.accept()
-    session = Session(websocket)
-    try:
-        await run_until_first_done(session.send_loop(), session.receive_loop())
-    finally:
-        await session.close()
+    live: Live = websocket.app.state.live
+    async with live.hub.watching(Outbox()) as subscriptions:
+        session = Session(websocket, live, subscriptions)
+        try:
+            await run_until_first_done(session.send_loop(), session.receive_loop())
+        finally:
+            await session.close()
     # Both loops end with the socket closed or gone, unless one of them failed.
     if WebSocketState.CONNECTED == websocket.application_state == websocket.client_state:
         await close(websocket, WsClose.INTERNAL, "internal error")

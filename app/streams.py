@@ -1,4 +1,8 @@
-"""Per-task event streams: Server-Sent Events and the per-task WebSocket (SPEC section 5)."""
+"""Per-task event streams: Server-Sent Events and the per-task WebSocket (SPEC section 5).
+
+These handlers check the request (task, owner, resume point) and open the stream; the
+delivery itself is app/live's: an outbox, an outlet, the hub's subscription.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +16,21 @@ from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livepix.wire import MAX_SEQ, WsClose
 
-from .direct import Resume, start, written
 from .errors import ApiError, InvalidInputError, NotFoundError
-from .hub import Hub
-from .keepalive import Keepalive
-from .metrics import sent
-from .prepared import chunked_transport, websocket_transport
-from .stalls import SEND_TIMEOUT_S, Stalls
+from .live import Ending, Frame, Live, Outbox, SseOutlet, WsOutlet
+from .live.stalls import SEND_TIMEOUT_S
 from .tasks import TaskService
-from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
 
 SSE_RETRY_MS = 2000
 SSE_RESUME_MS = 500  # the hint sent when the server ends a stream early
-SSE_SHUTDOWN_GRACE_S = 2.0  # under uvicorn's graceful shutdown timeout (5 s)
+SSE_SHUTDOWN_GRACE_S = 2.0  # under uvicorn's graceful shutdown timeout (app/server.py)
 
 
 def task_id_param(conn: HTTPConnection) -> str:
@@ -69,148 +68,103 @@ def inline_param(conn: HTTPConnection) -> bool:
     return conn.query_params.get("inline", "1") not in ("0", "false")
 
 
-def result_url(conn: HTTPConnection, task_id: str) -> str:
-    return str(conn.url_for("result_png", task_id=task_id).path)
+def shaper(conn: HTTPConnection, inline: bool) -> Callable[[Frame], Frame]:
+    """How this client gets its frames: with `inline=0`, a result image becomes its URL."""
+    if inline:
+        return _as_is
+
+    def by_reference(frame: Frame) -> Frame:
+        if frame.event is None or "result" not in frame.event:
+            return frame  # keepalives, replies, and every event but the final one
+        return frame.by_reference(str(conn.url_for("result_png", task_id=frame.task_id).path))
+
+    return by_reference
 
 
-def shape(frame: Frame, inline: bool, conn: HTTPConnection) -> Frame:
-    """`frame` as this client asked: with `inline=0`, a result image becomes its URL.
-    Only a task's final event carries a result; keepalives and replies have no task."""
-    if inline or "result" not in frame.event:
-        return frame
-    return frame.by_reference(result_url(conn, frame.task_id))
+def _as_is(frame: Frame) -> Frame:
+    return frame
 
 
 async def events_sse(request: Request) -> Response:
     tasks: TaskService = request.app.state.tasks
-    hub: Hub = request.app.state.hub
-    keepalive: Keepalive = request.app.state.keepalive
-    stalls: Stalls = request.app.state.stalls
+    live: Live = request.app.state.live
     task_id = task_id_param(request)
     since = since_param(request)
-    inline = inline_param(request)
+    shape = shaper(request, inline_param(request))
     try:
         state = await tasks.get(task_id, request.state.caller)
     except ApiError as exc:
         if exc.status_code < 500:
             raise
         # A browser's EventSource gives up for good on a non-200: ask it to retry.
-        return EventStream(_retry_only(), headers=_SSE_HEADERS)
+        return EventStream(lambda scope, send: _retry_only(), headers=_SSE_HEADERS)
     if (refused := past_the_end(since, state.seq)) is not None:
         raise refused
-
-    watch = Watch()
     ended = state.terminal and since >= state.seq  # the stream keeps no TaskState alive
+    outbox = Outbox()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream(scope: Scope, send: Send) -> AsyncIterator[bytes]:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         if ended:
             return
-        try:
-            await hub.follow(watch, task_id, since)  # unfollows itself if it fails
-        except RedisError:
-            return  # the client reconnects after `retry` and resumes from its last id
-        keepalive.add(watch)
-        try:
-            while True:
-                frame = await watch.get()
-                if frame is None:
-                    # Too slow, or the api is stopping: end cleanly; the client
-                    # resumes from its last id (on another api process, if need be).
-                    yield f"retry: {SSE_RESUME_MS}\n\n".encode()
-                    return
-                if isinstance(frame, Resume):
-                    try:
-                        await stalls.send(frame)  # a send that the fan-out began
-                    except TimeoutError:
-                        raise SendTimeoutError() from None
-                    continue
-                yield shape(frame, inline, request).sse()
-                sent(frame)
-                if frame.terminal:
-                    return
-                del frame  # an idle stream keeps no event alive
-        finally:
-            keepalive.discard(watch)
-            hub.unfollow(watch, task_id)
+        outlet = SseOutlet(outbox, live.stalls, send, live.transports.chunked(scope), shape)
+        async with live.hub.watching(outbox) as subscriptions:
+            try:
+                await subscriptions.follow(task_id, since)
+            except RedisError:
+                return  # the client reconnects after `retry` and resumes from its last id
+            with live.keepalive.covering(outbox):
+                ending = await outlet.pump()
+        if ending is Ending.TOO_SLOW:
+            # Too slow, or the api is stopping: end cleanly; the client resumes from
+            # its last id (on another api process, if need be).
+            yield f"retry: {SSE_RESUME_MS}\n\n".encode()
 
     return EventStream(
-        stream(),
-        stalls=stalls,
-        direct=(watch, lambda frame: shape(frame, inline, request)),
-        ping=0,  # app.keepalive pings every stream from one task
+        stream,
         headers=_SSE_HEADERS,
-        shutdown_event=_EndOnShutdown(watch),
+        shutdown_event=_EndOnShutdown(outbox),
         shutdown_grace_period=SSE_SHUTDOWN_GRACE_S,
     )
 
 
 class _EndOnShutdown:
     """What sse-starlette `set()`s when the server stops (it takes an anyio.Event): ends
-    the stream's watch at once, with no task per connection waiting for the event."""
+    the stream's outbox at once, with no task per connection waiting for the event."""
 
-    __slots__ = ("watch",)
+    __slots__ = ("outbox",)
 
-    def __init__(self, watch: Watch) -> None:
-        self.watch = watch
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
 
     def set(self) -> None:
-        self.watch.fail()
+        self.outbox.fail()
 
 
 class EventStream(EventSourceResponse):
-    """sse-starlette's response, with two shortcuts for the hot path:
-    - its per-message send timeout is enforced by the process's stall check (`stalls`)
-      instead of an anyio cancel scope per message; a stream whose send stays blocked
-      past the timeout ends as too slow, quietly: the client resumes from its last id;
-    - `direct` = (watch, for_client): while the stream's generator waits for a frame,
-      the hub's fan-out writes a live frame, shaped for this client, itself
-      (app/direct.py, app/prepared.py), without resuming the generator and
-      sse-starlette's loop. The generator only ever waits in `watch.get()` once
-      sse-starlette has sent what it yielded before, so the order holds."""
+    """sse-starlette's response around a stream whose events an `SseOutlet` sends with
+    the connection's own `send`: the body given to sse-starlette is only the `retry`
+    hints, and its per-send timeout guards those (app/live/stalls.py guards the rest).
+    `body` is called with the scope and `send` once the response runs."""
 
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        *,
-        stalls: Stalls | None = None,
-        direct: tuple[Watch, Callable[[Frame], Frame]] | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(content, send_timeout=SEND_TIMEOUT_S, **options)
-        self._stalls = stalls
-        self._direct = direct
-
-    # Overrides sse-starlette's private per-message hook (3.7). Were it renamed, its own
-    # timeout would apply again: the same behaviour at a higher cost per message.
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        if self._stalls is None:
-            await super()._send_with_timeout(send, message)
-            return
-        try:
-            await self._stalls.send(send(message))
-        except TimeoutError:
-            raise SendTimeoutError() from None
+    def __init__(self, body: Callable[[Scope, Send], AsyncIterator[bytes]], **options: Any) -> None:
+        super().__init__(_nothing(), send_timeout=SEND_TIMEOUT_S, ping=0, **options)
+        self._body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._direct is not None:
-            watch, for_client = self._direct
-            transport = chunked_transport(scope)
-
-            def direct(frame: Frame) -> Resume | None:
-                shaped = for_client(frame)
-                if written(transport, shaped.sse_chunk(), frame):
-                    return None
-                return start(send({"type": "http.response.body", "body": shaped.sse(), "more_body": True}), frame)
-
-            watch.direct = direct
+        self.body_iterator = self._body(scope, send)
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
-            pass  # counted by the stall check; uvicorn closes the connection
+            pass  # the client stopped reading; uvicorn closes the connection
 
 
 _SSE_HEADERS: Mapping[str, str] = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 async def _retry_only() -> AsyncIterator[bytes]:
@@ -226,8 +180,7 @@ async def deny(websocket: WebSocket, exc: ApiError) -> None:
 
 async def task_ws(websocket: WebSocket) -> None:
     tasks: TaskService = websocket.app.state.tasks
-    hub: Hub = websocket.app.state.hub
-    stalls: Stalls = websocket.app.state.stalls
+    live: Live = websocket.app.state.live
     try:
         task_id = task_id_param(websocket)
         since = since_param(websocket)
@@ -237,53 +190,31 @@ async def task_ws(websocket: WebSocket) -> None:
     except ApiError as exc:
         await deny(websocket, exc)
         return
-    inline = inline_param(websocket)
+    shape = shaper(websocket, inline_param(websocket))
     await websocket.accept()
     if state.terminal and since >= state.seq:
         await close(websocket, WsClose.DONE)
         return
     del state
-    watch = Watch()
+    outbox = Outbox()
+    outlet = WsOutlet(outbox, live.stalls, websocket.send, live.transports.websocket(websocket.scope), shape)
 
-    async def send() -> None:
-        try:
-            await hub.follow(watch, task_id, since)
-        except RedisError:
-            await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
-            return
-        transport = websocket_transport(websocket.scope)
-
-        def direct(frame: Frame) -> Resume | None:
-            shaped = shape(frame, inline, websocket)
-            if written(transport, shaped.ws_frame(), frame):
-                return None
-            return start(websocket.send_text(shaped.text), frame)
-
-        watch.direct = direct
-        while True:
-            frame = await watch.get()
-            if frame is None:
-                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                return
+    async def stream() -> None:
+        async with live.hub.watching(outbox) as subscriptions:
             try:
-                if isinstance(frame, Resume):
-                    await stalls.send(frame)  # a send that the fan-out began (and records)
-                    frame = frame.frame
-                else:
-                    await stalls.send(websocket.send_text(shape(frame, inline, websocket).text))
-                    sent(frame)
-            except TimeoutError:
-                await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
-                return
-            if frame.terminal:
-                await close(websocket, WsClose.DONE)
-                return
-            del frame  # an idle socket keeps no event alive
+                await subscriptions.follow(task_id, since)
+            except RedisError:
+                ending = None
+            else:
+                ending = await outlet.pump()
+        if ending is None:
+            await close(websocket, WsClose.RESTARTING, "storage unavailable; resume")
+        elif ending is Ending.DONE:
+            await close(websocket, WsClose.DONE)
+        else:
+            await close(websocket, WsClose.TOO_SLOW, "too slow; resume from your last seq")
 
-    try:
-        await run_until_first_done(send(), drain(websocket))
-    finally:
-        hub.unfollow(watch, task_id)
+    await run_until_first_done(stream(), drain(websocket))
 
 
 async def close(websocket: WebSocket, code: int, reason: str = "") -> None:

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
-import re
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from .config import ConfigError, Settings, env_help, load_settings
 from .wire import Queue, TaskType
-
-if TYPE_CHECKING:
-    import uvicorn
-    from starlette.types import ASGIApp
-
-WS_MAX_SIZE_BYTES = 64 * 1024
-GC_THRESHOLD_GEN0 = 50_000
-GRACEFUL_SHUTDOWN_S = 5
-# A client that stops reading keeps its socket, and megabytes of kernel buffers, for as
-# long as it stays connected (docs/benchmarks.md, F9). The kernel aborts a connection
-# whose data stays unacknowledged this long, zero-window probes included...
-TCP_USER_TIMEOUT_MS = 30_000
-# ... and with a capped send buffer (no autotuning; the kernel doubles it) a send blocks,
-# and the 10 s send timeout starts, after ~0.5 MB instead of ~4 MB.
-SEND_BUFFER_BYTES = 256 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,63 +101,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-class RedactTokens(logging.Filter):
-    """Keep `?token=` values (API keys or stream tokens) out of uvicorn's logs."""
-
-    _TOKEN = re.compile(r"(token=)[^&\s\"]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
-        return True
-
-
-def api_config(app: ASGIApp, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
-    """How the api runs under uvicorn (tests serve their apps the same way)."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http="httptools",  # these two are what app/prepared.py writes to directly
-        ws="websockets-sansio",
-        ws_max_size=WS_MAX_SIZE_BYTES,
-        ws_per_message_deflate=False,  # small messages: deflate costs more than it saves
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        log_level=log_level,
-        access_log=False,
-    )
-
-
 def run_api(settings: Settings) -> int:
-    import uvicorn
+    from app.server import run
 
-    from app.main import create_app
-
-    config = api_config(create_app(settings), settings.host, settings.port, settings.log_level)
-    # Each connection holds hundreds of long-lived objects and each message allocates
-    # more: with the default thresholds, full collections stall the loop for 100 ms+
-    # (docs/benchmarks.md, F2). Freeze what startup built and collect less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD_GEN0, 20, 100)
-    server = uvicorn.Server(config)
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).addFilter(RedactTokens())
-    server.run(sockets=[listening_socket(config)])
-    return 0
-
-
-def listening_socket(config: uvicorn.Config) -> socket.socket:
-    """uvicorn's socket, with options that accepted connections inherit."""
-    sock = config.bind_socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
-    return sock
+    return run(settings)
 
 
 def run_worker(settings: Settings, queues: str, threads: int | None) -> int:

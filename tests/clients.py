@@ -167,3 +167,15 @@ def wait_status(base: str, task_id: str, statuses: set[str], timeout_s: float = 
 def assert_contiguous(events: list[dict[str, Any]], start: int = 1) -> None:
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(start, start + len(events))), seqs
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """One sample of the api's /metrics, parsed as Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}{API}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise KeyError(f"{name} {labels} not in /metrics")

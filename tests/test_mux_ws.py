@@ -7,10 +7,9 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 import websockets.sync.client as ws_client
 
-from tests.clients import assert_contiguous, png_b64, sse_events, submit, two_tone, ws_url
+from tests.clients import assert_contiguous, metric, png_b64, sse_events, submit, two_tone, ws_url
 from tests.conftest import Stack
 
 
@@ -111,10 +110,9 @@ def test_unsubscribe_while_joining_stops_the_task_and_a_resubscribe_works(new_st
                 messages.append(json.loads(ws.recv(timeout=0.5)))
             except TimeoutError:
                 pass
-        metrics = httpx.get(base + "/api/v1/metrics").text
-        assert "livepix_watches 10\n" in metrics  # the unsubscribed joins left nothing behind
+        assert metric(base, "livepix_watches") == 10  # the unsubscribed joins left nothing behind
     deadline = time.monotonic() + 5  # the server sees the close a moment later
-    while "livepix_watches 0\n" not in httpx.get(base + "/api/v1/metrics").text:
+    while metric(base, "livepix_watches") != 0:
         assert time.monotonic() < deadline, "watches left behind after the socket closed"
         time.sleep(0.1)
     events = [m for m in messages if "type" in m]

@@ -23,6 +23,7 @@ from tests.clients import (
     API,
     SSEStream,
     assert_contiguous,
+    metric,
     noise,
     png_b64,
     sse_events,
@@ -107,9 +108,7 @@ def test_a_stalled_websocket_client_does_not_slow_a_healthy_one(stack: Stack) ->
 
 
 def slow_clients_closed(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("livepix_slow_clients_closed_total "))
-    return float(line.split()[1])
+    return metric(url, "livepix_slow_clients_closed_total")
 
 
 def held_by(pid: int, ports: set[int]) -> set[int]:

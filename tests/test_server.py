@@ -1,7 +1,8 @@
-"""Prepared writes (app/prepared.py) against the uvicorn this project installs, served
-the way `livepix api` serves (livepix.cli.api_config), read by independent clients:
-the websockets client for frames, httpx (h11) for chunks. If a uvicorn upgrade moves
-what app/prepared.py reads, these fail instead of the api quietly losing its fast path."""
+"""app/server.py against the uvicorn this project installs: prepared writes served the
+way `livepix api` serves (app.server.config), read by independent clients (the
+websockets client for frames, httpx (h11) for chunks), and the startup check of what
+they read. If a uvicorn upgrade moves what app/server.py reads, these fail instead of
+the api quietly losing its fast path."""
 
 from __future__ import annotations
 
@@ -19,34 +20,29 @@ import pytest
 import redis
 import uvicorn
 import websockets.sync.client as ws_client
+from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
 from actors.recorder import Recorder
-from app.main import App
-from app.prepared import (
-    SERVER_SEND,
-    chunked_transport,
-    http_chunk,
-    websocket_transport,
-    ws_text_frame,
-)
-from livepix.cli import api_config
+from app.live.framing import http_chunk, ws_text_frame
+from app.server import SERVER_SEND, UvicornTransports, config, missing_state
 from livepix.config import load_settings
-from tests.clients import API, SSEStream, submit, ws_url
+from tests.clients import SSEStream, metric, submit, ws_url
 from tests.conftest import Stack
 
 HOST = "127.0.0.1"
+TRANSPORTS = UvicornTransports()
 
 
 @asynccontextmanager
 async def serving(*routes: Any) -> AsyncIterator[int]:
-    """`App(routes)` under uvicorn in this loop; yields its port."""
+    """An app of `routes` under uvicorn in this loop; yields its port."""
     sock = socket.socket()
     sock.bind((HOST, 0))
-    server = uvicorn.Server(api_config(App(routes=list(routes)), HOST, 0, "warning"))
+    server = uvicorn.Server(config(Starlette(routes=list(routes)), HOST, 0, "warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -75,7 +71,7 @@ def test_websocket_frames_arrive_whole_and_in_order_between_asgi_sends() -> None
 
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
-        transport = websocket_transport(websocket.scope)
+        transport = TRANSPORTS.websocket(websocket.scope)
         assert transport is not None
         for size in SIZES:
             assert transport.write(ws_text_frame(("p" * size).encode()))
@@ -104,7 +100,7 @@ def test_a_websocket_whose_client_stops_reading_refuses_writes_until_it_drains()
 
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
-        transport = websocket_transport(websocket.scope)
+        transport = TRANSPORTS.websocket(websocket.scope)
         assert transport is not None
         n = 0
         while transport.write(ws_text_frame(f"{n:06d}{pad}".encode())):
@@ -139,7 +135,7 @@ def test_chunks_join_the_asgi_body_of_a_chunked_response_only_while_it_is_open()
     seen: dict[str, Any] = {}
 
     async def chunks(scope: Scope, receive: Receive, send: Send) -> None:
-        transport = chunked_transport(scope)
+        transport = TRANSPORTS.chunked(scope)
         assert transport is not None
         seen["before_start"] = transport.write(http_chunk(b"early,"))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
@@ -150,14 +146,14 @@ def test_chunks_join_the_asgi_body_of_a_chunked_response_only_while_it_is_open()
         seen["after_end"] = transport.write(http_chunk(b"late,"))
 
     async def sized(scope: Scope, receive: Receive, send: Send) -> None:
-        transport = chunked_transport(scope)
+        transport = TRANSPORTS.chunked(scope)
         assert transport is not None
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
         seen["sized"] = transport.write(http_chunk(b"no,"))
         await send({"type": "http.response.body", "body": b"yes"})
 
     async def head(scope: Scope, receive: Receive, send: Send) -> None:
-        seen["head"] = chunked_transport(scope)
+        seen["head"] = TRANSPORTS.chunked(scope)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -180,8 +176,8 @@ def test_other_servers_get_no_transport_and_keep_the_asgi_path() -> None:
         pass
 
     for scope in ({"type": "websocket"}, {"type": "websocket", SERVER_SEND: send}):
-        assert websocket_transport(scope) is None
-    assert chunked_transport({"type": "http", "method": "GET", SERVER_SEND: send}) is None
+        assert TRANSPORTS.websocket(scope) is None
+    assert TRANSPORTS.chunked({"type": "http", "method": "GET", SERVER_SEND: send}) is None
 
 
 @pytest.mark.parametrize("stream", ["sse", "ws", "mux"])
@@ -221,6 +217,20 @@ def test_live_events_reach_watchers_through_prepared_writes(new_stack: Stack, st
 
 
 def prepared_total(url: str) -> float:
-    text = httpx.get(url + API + "/metrics").text
-    line = next(x for x in text.splitlines() if x.startswith("livepix_deliveries_prepared_total "))
-    return float(line.split()[1])
+    return metric(url, "livepix_deliveries_prepared_total")
+
+
+def test_the_installed_uvicorn_has_what_the_prepared_writes_read() -> None:
+    assert missing_state(config(Starlette(), HOST, 0)) == []
+
+
+def test_a_uvicorn_whose_internals_moved_gets_the_asgi_path_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app import server
+
+    monkeypatch.setattr(server, "_WS_STATE", (*server._WS_STATE, "moved_in_a_later_release"))
+    with caplog.at_level("WARNING", logger="app.server"):
+        assert server.transports(config(Starlette(), HOST, 0)) is None
+    (record,) = [r for r in caplog.records if r.name == "app.server"]
+    assert "WebSocketsSansIOProtocol.moved_in_a_later_release" in record.getMessage()

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-from .watch import Pressure
+from .counters import Counts
 
 SEND_TIMEOUT_S = 10.0
 CHECK_EVERY_S = 1.0
@@ -37,7 +37,7 @@ class Stalls:
             await awaitable
         except asyncio.CancelledError:
             if task in self._stalled and task.uncancel() == 0:
-                Pressure.stalled += 1
+                Counts.stalled += 1
                 raise TimeoutError("send stalled") from None
             raise  # cancelled for another reason (the connection closes)
         finally:

@@ -1,13 +1,13 @@
 """The hub's fan-out to a big channel lets the event loop run between slices, and still
-hands every watch its frames in order, across a reconnect replay too."""
+hands every outbox its frames in order, across a reconnect replay too."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.hub import Hub, _Channel
-from app.slices import SLICE
-from app.watch import Frame, Watch
+from app.live import Frame, Hub, Outbox
+from app.live.hub import _Channel
+from app.live.slices import SLICE
 from livepix.wire import channel
 
 TASK = "8c5e0d1e-4c1c-4f0e-9b7a-2f1d7c9a6b10"
@@ -22,11 +22,11 @@ def message(seq: int) -> dict[str, object]:
     return {"type": "message", "channel": channel(TASK).encode(), "data": event(seq).encode()}
 
 
-class Recording(Watch):
+class Recording(Outbox):
     """A watch whose connection's sender always waits: every frame goes out through
     `direct`, in the order the watch offers it."""
 
-    def __init__(self, log: list[tuple[Watch, int]]) -> None:
+    def __init__(self, log: list[tuple[Outbox, int]]) -> None:
         super().__init__()
         self.got: list[int] = []
 
@@ -38,14 +38,14 @@ class Recording(Watch):
         self._waiter = asyncio.get_running_loop().create_future()
 
 
-def hub_with(watches: list[Watch]) -> tuple[Hub, _Channel]:
+def hub_with(watches: list[Outbox]) -> tuple[Hub, _Channel]:
     async def no_log(task_id: str, since: int) -> list[str]:
         return []
 
     hub = Hub("redis://unused", no_log)
     ch = hub._channels[channel(TASK)] = _Channel(TASK)
     for watch in watches:
-        ch.watches.add(watch)
+        ch.outboxes.add(watch)
         watch.begin(TASK, 0)
         watch.end_sync(TASK, [])
     return hub, ch
@@ -53,7 +53,7 @@ def hub_with(watches: list[Watch]) -> tuple[Hub, _Channel]:
 
 def test_a_big_fan_out_lets_other_work_run_and_keeps_each_watch_in_order() -> None:
     async def main() -> None:
-        log: list[tuple[Watch, int]] = []
+        log: list[tuple[Outbox, int]] = []
         watches = [Recording(log) for _ in range(WATCHERS)]
         hub, _ = hub_with(list(watches))
         ran_at: list[int] = []
@@ -65,7 +65,7 @@ def test_a_big_fan_out_lets_other_work_run_and_keeps_each_watch_in_order() -> No
             asyncio.get_running_loop().create_task(other_request())
             await hub._handle(message(seq))
         assert all(w.got == [1, 2] for w in watches)
-        assert hub.deliveries == 2 * WATCHERS
+        assert hub.offered == 2 * WATCHERS
         # the other task ran in the middle of the first fan-out, not after both
         assert 0 < ran_at[0] < WATCHERS, ran_at
 
@@ -74,7 +74,7 @@ def test_a_big_fan_out_lets_other_work_run_and_keeps_each_watch_in_order() -> No
 
 def test_frames_arriving_during_a_replay_wait_for_it_and_none_is_lost_or_reordered() -> None:
     async def main() -> None:
-        log: list[tuple[Watch, int]] = []
+        log: list[tuple[Outbox, int]] = []
         watches = [Recording(log) for _ in range(WATCHERS)]
         hub, ch = hub_with(list(watches))
         await hub._handle(message(1))
@@ -101,7 +101,7 @@ def test_frames_arriving_during_a_replay_wait_for_it_and_none_is_lost_or_reorder
 
 def test_a_replay_superseded_by_a_later_reconnect_leaves_the_hold_to_the_later_one() -> None:
     async def main() -> None:
-        log: list[tuple[Watch, int]] = []
+        log: list[tuple[Outbox, int]] = []
         watches = [Recording(log) for _ in range(3)]
         hub, ch = hub_with(list(watches))
         reading = asyncio.Event()

@@ -1,12 +1,15 @@
-"""The hub: ONE Redis pub/sub connection per api process, fanned out to every watch.
+"""The hub: ONE Redis pub/sub connection per api process, fanned out to every outbox.
 
-A channel is subscribed when its first local watch arrives and unsubscribed when the
-last one leaves. The listener decodes each message once and offers the frame to each
-watch, which never waits on its client; a big channel's fan-out lets the event loop
-run between slices, and the listener reads the next message only after it. Pub/sub is
-at-most-once, so after every reconnect the hub re-reads each watched task's log from
-the lowest seq its watches have and replays it (watches drop what they already have):
-a Redis blip leaves no silent gap.
+A channel is subscribed when its first local outbox follows the task and unsubscribed
+when the last one leaves. The listener decodes each message once and offers the frame
+to each outbox, which never waits on its client; a big channel's fan-out lets the event
+loop run between slices, and the listener reads the next message only after it.
+Pub/sub is at-most-once, so after every reconnect the hub re-reads each watched task's
+log from the lowest seq its outboxes have and replays it (outboxes drop what they
+already have): a Redis blip leaves no silent gap.
+
+A connection follows tasks inside `async with hub.watching(outbox) as subscriptions`:
+whatever way the block ends, every task it followed is unfollowed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -24,8 +28,9 @@ from redis.exceptions import RedisError
 
 from livepix.wire import channel
 
+from .frame import Frame
+from .outbox import Outbox
 from .slices import SLICE, in_slices
-from .watch import Frame, Watch
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +44,13 @@ ReadLog = Callable[[str, int], Awaitable[list[str]]]
 @dataclass(eq=False)
 class _Channel:
     task_id: str
-    watches: set[Watch] = field(default_factory=set)
+    outboxes: set[Outbox] = field(default_factory=set)
     ready: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     held: list[Frame] | None = None  # live frames held while a reconnect replay reads the log
 
 
 class Hub:
-    """Fans task events out from Redis to local watches."""
+    """Fans task events out from Redis to local outboxes."""
 
     def __init__(self, redis_url: str, read_log: ReadLog) -> None:
         self._url = redis_url
@@ -59,7 +64,7 @@ class Hub:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.messages = 0
-        self.deliveries = 0
+        self.offered = 0
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -80,26 +85,31 @@ class Hub:
         return len(self._channels)
 
     @property
-    def watch_count(self) -> int:
-        return sum(len(c.watches) for c in self._channels.values())
+    def follow_count(self) -> int:
+        return sum(len(c.outboxes) for c in self._channels.values())
 
     # --- following tasks ---------------------------------------------------------
 
-    async def follow(self, watch: Watch, task_id: str, since: int) -> None:
-        """Make `watch` receive `task_id`'s events after `since`: history, then live.
+    @asynccontextmanager
+    async def watching(self, outbox: Outbox) -> AsyncIterator[Subscriptions]:
+        """The subscriptions of one connection: every task followed inside the block is
+        unfollowed when it ends, however it ends."""
+        try:
+            yield Subscriptions(self, outbox)
+        finally:
+            for task_id in list(outbox.follows):
+                self._unfollow(outbox, task_id)
 
-        Raises RedisError if the history cannot be read (the caller ends the stream,
-        and the client resumes from its last seq).
-        """
+    async def _follow(self, outbox: Outbox, task_id: str, since: int) -> None:
         name = channel(task_id)
         ch = self._channels.get(name)
         new = ch is None
         if ch is None:
             ch = self._channels[name] = _Channel(task_id)
         # Registered before any await: a follower cancelled (client gone) or failing
-        # half-way is unfollowed below, and leaves no watch or channel behind.
-        ch.watches.add(watch)
-        watch.begin(task_id, since)
+        # half-way is unfollowed below, and leaves no outbox or channel behind.
+        ch.outboxes.add(outbox)
+        outbox.begin(task_id, since)
         try:
             if new:
                 await self._send("subscribe", name, ch)
@@ -110,24 +120,20 @@ class Hub:
                 log.warning("subscribe to %s not confirmed yet; the reconnect replay will cover it", task_id)
             history = [Frame.parse(text) for text in await self._read_log(task_id, since)]
         except BaseException:
-            self.unfollow(watch, task_id)
+            self._unfollow(outbox, task_id)
             raise
-        watch.end_sync(task_id, history)
+        outbox.end_sync(task_id, history)
 
-    def unfollow(self, watch: Watch, task_id: str) -> None:
-        watch.stop(task_id)
+    def _unfollow(self, outbox: Outbox, task_id: str) -> None:
+        outbox.stop(task_id)
         name = channel(task_id)
         ch = self._channels.get(name)
         if ch is None:
             return
-        ch.watches.discard(watch)
-        if not ch.watches:
+        ch.outboxes.discard(outbox)
+        if not ch.outboxes:
             del self._channels[name]
             asyncio.get_running_loop().create_task(self._send("unsubscribe", name, None))
-
-    def unfollow_all(self, watch: Watch) -> None:
-        for task_id in list(watch.follows):
-            self.unfollow(watch, task_id)
 
     async def _send(self, command: str, name: str, ch: _Channel | None) -> None:
         # The lock keeps commands, and so their confirmations, in the order of `_acks`.
@@ -234,35 +240,36 @@ class Hub:
                     asyncio.get_running_loop().create_task(self._replay(name, ch))
 
     async def _fan_out(self, ch: _Channel, frame: Frame) -> None:
-        """Offer `frame` to every watch of `ch`. A big channel's fan-out lets the event
+        """Offer `frame` to every outbox of `ch`. A big channel's fan-out lets the event
         loop run between slices, so that one event to thousands of watchers does not
         hold up every other request for the whole of it. The listener awaits the fan-out
-        before it reads the next message: frames still reach each watch in order. A watch
-        that leaves meanwhile ignores the frame; one that joins reads it from the log."""
-        watches = ch.watches
-        self.deliveries += len(watches)
-        if len(watches) <= SLICE:
-            for watch in watches:
-                watch.offer(frame)
+        before it reads the next message: frames still reach each outbox in order. An
+        outbox that leaves meanwhile ignores the frame; one that joins reads it from the
+        log."""
+        outboxes = ch.outboxes
+        self.offered += len(outboxes)
+        if len(outboxes) <= SLICE:
+            for outbox in outboxes:
+                outbox.offer(frame)
             return
-        async for some in in_slices(list(watches)):
-            for watch in some:
-                watch.offer(frame)
+        async for some in in_slices(list(outboxes)):
+            for outbox in some:
+                outbox.offer(frame)
 
     async def _replay(self, name: str, ch: _Channel) -> None:
-        """After a reconnect: re-read the log from the lowest seq any watch has."""
+        """After a reconnect: re-read the log from the lowest seq any outbox has."""
         held = ch.held  # this replay's: another reconnect meanwhile holds in a new list
-        since = min((w.high(ch.task_id) for w in ch.watches), default=0)
+        since = min((o.high(ch.task_id) for o in ch.outboxes), default=0)
         try:
             texts = await self._read_log(ch.task_id, since)
         except RedisError as exc:
-            # Without the log the held frames would leave a gap: close these watches
-            # instead, and their clients resume from their last seq.
-            log.warning("replay of %s failed (%s); closing its watches", ch.task_id, exc)
+            # Without the log the held frames would leave a gap: close these outboxes
+            # connections instead, and their clients resume from their last seq.
+            log.warning("replay of %s failed (%s); closing its streams", ch.task_id, exc)
             if ch.held is held:
                 ch.held = None
-            for watch in list(ch.watches):
-                watch.fail()
+            for outbox in list(ch.outboxes):
+                outbox.fail()
             return
         if held is None or ch.held is not held or self._channels.get(name) is not ch:
             return  # superseded by a later replay, or nobody watches any more
@@ -274,3 +281,24 @@ class Hub:
             await self._fan_out(ch, held.pop(0))
         if ch.held is held:
             ch.held = None
+
+
+class Subscriptions:
+    """The tasks one connection follows (see `Hub.watching`)."""
+
+    __slots__ = ("_hub", "outbox")
+
+    def __init__(self, hub: Hub, outbox: Outbox) -> None:
+        self._hub = hub
+        self.outbox = outbox
+
+    async def follow(self, task_id: str, since: int) -> None:
+        """Deliver `task_id`'s events after `since` to the outbox: history, then live.
+
+        Raises RedisError if the history cannot be read (the caller ends the stream, or
+        tells the client, who resumes from its last seq).
+        """
+        await self._hub._follow(self.outbox, task_id, since)
+
+    def unfollow(self, task_id: str) -> None:
+        self._hub._unfollow(self.outbox, task_id)

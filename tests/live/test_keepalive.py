@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from app.keepalive import PING, Keepalive
-from app.slices import SLICE
-from app.watch import Frame, Watch
+from app.live import Frame, Outbox
+from app.live.keepalive import PING, Keepalive
+from app.live.slices import SLICE
 
 
 def tick(keepalive: Keepalive, now: float) -> int:
@@ -15,7 +15,7 @@ def tick(keepalive: Keepalive, now: float) -> int:
 
 def test_a_stream_is_pinged_once_quiet_for_the_period_and_again_a_period_later() -> None:
     keepalive = Keepalive(every_s=15)
-    watch = Watch()
+    watch = Outbox()
     keepalive.add(watch, now=100.0)
     assert tick(keepalive, 114) == 0
     assert tick(keepalive, 115) == 1 and watch.pending() == 1
@@ -27,7 +27,7 @@ def test_a_stream_is_pinged_once_quiet_for_the_period_and_again_a_period_later()
 
 def test_a_stream_that_sent_recently_or_has_frames_queued_is_not_pinged_and_a_gone_one_never() -> None:
     keepalive = Keepalive(every_s=1)
-    busy, recent, gone = Watch(), Watch(), Watch()
+    busy, recent, gone = Outbox(), Outbox(), Outbox()
     for watch in (busy, recent, gone):
         keepalive.add(watch, now=100.0)
     busy.say(PING)
@@ -42,7 +42,7 @@ def test_a_stream_that_sent_recently_or_has_frames_queued_is_not_pinged_and_a_go
 def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period() -> None:
     async def main() -> None:
         keepalive = Keepalive(every_s=1)
-        watch = Watch()
+        watch = Outbox()
         sent: list[Frame] = []
 
         def direct(frame: Frame) -> None:
@@ -64,7 +64,7 @@ def test_a_ping_to_an_idle_stream_goes_out_at_once_and_restarts_its_quiet_period
 def test_a_frame_sent_straight_from_the_fan_out_counts_as_not_quiet() -> None:
     async def main() -> None:
         keepalive = Keepalive(every_s=1)
-        watch = Watch()
+        watch = Outbox()
         watch.direct = lambda frame: None
         watch.begin("t", 0)
         watch.end_sync("t", [])
@@ -82,7 +82,7 @@ def test_a_frame_sent_straight_from_the_fan_out_counts_as_not_quiet() -> None:
 def test_streams_that_fell_quiet_together_are_pinged_in_slices_and_a_stream_gone_meanwhile_is_not() -> None:
     async def main() -> None:
         keepalive = Keepalive(every_s=1)
-        watches = [Watch() for _ in range(2 * SLICE + 1)]
+        watches = [Outbox() for _ in range(2 * SLICE + 1)]
         for watch in watches:
             keepalive.add(watch, now=100.0)
         pinging = asyncio.create_task(keepalive.tick(105))

@@ -1,8 +1,8 @@
 """Who is asking (SPEC section 6): API keys, task-scoped stream tokens, Origin checks.
 
 Without `LIVEPIX_API_KEYS` everyone is the anonymous owner "" and a task id (UUID4)
-is the capability to read a task. With keys, every endpoint but the UI, static files
-and healthz needs `Authorization: Bearer <key>`; a task belongs to the key that
+is the capability to read a task. With keys, every endpoint but the UI, static files,
+healthz and readyz needs `Authorization: Bearer <key>`; a task belongs to the key that
 submitted it, and any other key gets 404 for it. Browsers, which cannot set headers on
 EventSource and WebSocket, pass `?token=`: either a stream token (read-only, one task,
 expiring, HMAC-signed; returned by submit) or, less safely, the API key itself.
@@ -26,7 +26,8 @@ from starlette.websockets import WebSocket
 from livepix.config import Settings
 from livepix.wire import ErrorCode
 
-PUBLIC_PATHS = ("/healthz", "/api/v1/healthz", "/favicon.ico")
+# Probes: load balancers rarely send a key, and these tell nothing secret.
+PUBLIC_PATHS = ("/healthz", "/api/v1/healthz", "/readyz", "/api/v1/readyz", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 
 

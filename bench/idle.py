@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import httpx
+import psutil
 
 from .common import loadavg, machine, raise_nofile, save, table
 from .push import Clients
@@ -76,7 +77,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     # the group's own connect time (process start excluded)
                     "connect_per_s": round(step / ready["connect_s"]) if ready["connect_s"] else float("nan"),
                     "connect_wall_s": round(connect_s, 2), "idle_cpu_pct": round(100 * idle, 2),
-                    "fds": api._ps.num_fds(), "retries": ready["retries"], "failed": ready["failed"],
+                    "fds": psutil.Process(api.pid).num_fds(), "retries": ready["retries"], "failed": ready["failed"],
                     "errors": ready["errors"], "base_rss_mb": round(base / 2**20, 1), "loadavg": la,
                 }
                 rows.append(row)

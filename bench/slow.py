@@ -32,6 +32,7 @@ import time
 from typing import Any, Self
 
 import httpx
+import psutil
 
 from .common import HOST, Histogram, deadline, loadavg, machine, raise_nofile, save, table
 from .push import Clients, clients_for
@@ -92,7 +93,7 @@ class Sampler:
         while not self._stop.wait(1.0):
             s: dict[str, Any] = {"t": round(time.perf_counter() - self.t0, 2), "rss_mb": round(self.api.rss() / 2**20, 1)}
             try:
-                s["fds"] = self.api._ps.num_fds()
+                s["fds"] = psutil.Process(self.api.pid).num_fds()
             except Exception:  # noqa: BLE001 - the api may be gone at the very end
                 s["fds"] = 0
             try:

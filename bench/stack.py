@@ -1,17 +1,16 @@
-"""The processes under test, started the way tests/conftest.py starts them: a
-`redis-server` on a free loopback port, `python -m livepix api|worker` children with
-`REDIS_URL` pointing at it, and the publisher that plays a worker. Every child gets
+"""The processes under test, started with livepix's one process harness
+(livepix/processes.py, as `livepix serve` and tests/conftest.py do): a `redis-server`
+on a free loopback port, `python -m livepix api|worker` children with `REDIS_URL`
+pointing at it, and the publisher that plays a worker. Every child gets
 PR_SET_PDEATHSIG, so that nothing outlives the benchmark even if it is killed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,11 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import psutil
 import redis
 
 from livepix import store
-from livepix.processes import _die_with_parent, free_port, redis_server_binary
+from livepix.processes import (
+    Child,
+    RedisServer,
+    _die_with_parent,
+    livepix_child,
+    wait_http,
+    wait_workers,
+)
 from livepix.wire import dumps
 
 from .common import (
@@ -33,70 +38,7 @@ from .common import (
     RESULTS,
 )
 
-
-class Child:
-    """A child process with its output in a log file; stopped by its own pid only."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None, log_dir: Path,
-                 stdin: bool = False, stdout_pipe: bool = False, cwd: str | None = None) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            list(argv),
-            env=env,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout_pipe else self._log,
-            stderr=self._log,
-            cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
-        self.pid = self.proc.pid
-        self._ps = psutil.Process(self.pid)
-        self.stopped = False
-
-    def cpu(self) -> float:
-        """User + system CPU seconds of this process so far (its own threads included)."""
-        try:
-            t = self._ps.cpu_times()
-        except psutil.Error:
-            return float("nan")
-        return float(t.user + t.system)
-
-    def sys_cpu(self) -> float:
-        """System (kernel) CPU seconds: on loopback, sends pay for the peer's TCP receive too."""
-        try:
-            return float(self._ps.cpu_times().system)
-        except psutil.Error:
-            return float("nan")
-
-    def rss(self) -> int:
-        try:
-            return int(self._ps.memory_info().rss)
-        except psutil.Error:
-            return 0
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._log.close()
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- {self.name} ({self.log_path}) ---\n" + "\n".join(text[-lines:])
+__all__ = ["Child", "Publisher", "Stack", "make_tasks", "read_op", "start_profile"]
 
 
 class Stack:
@@ -108,8 +50,7 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep_logs = keep_logs
         self.children: list[Child] = []
-        self.redis: Child | None = None
-        self.redis_port = 0
+        self.redis: RedisServer | None = None
         self.env = {
             **os.environ,
             "LIVEPIX_DATA_DIR": str(self.workdir / "data"),
@@ -122,37 +63,16 @@ class Stack:
 
     # redis ------------------------------------------------------------------------
     def start_redis(self, appendonly: bool = True) -> str:
-        self.redis_port = free_port(HOST)
-        data = self.workdir / "redis"
-        data.mkdir(exist_ok=True)
-        self.redis = Child(
-            "redis",
-            [
-                redis_server_binary(), "--port", str(self.redis_port), "--bind", HOST,
-                "--dir", str(data), "--appendonly", "yes" if appendonly else "no",
-                "--save", "", "--loglevel", "warning", "--maxclients", "20000",
-            ],
-            None,
-            self.workdir,
-        )
+        self.redis = RedisServer(self.workdir / "redis", appendonly=appendonly, maxclients=20000,
+                                 log_path=self.workdir / "redis.log").start()
         self.children.append(self.redis)
-        client = redis.Redis(host=HOST, port=self.redis_port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    break
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline or not self.redis.alive():
-                    raise RuntimeError("redis-server did not start\n" + self.redis.tail()) from None
-                time.sleep(0.05)
-        client.close()
         self.env["REDIS_URL"] = self.redis_url
         return self.redis_url
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{HOST}:{self.redis_port}/0"
+        assert self.redis is not None
+        return self.redis.url()
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
@@ -160,12 +80,14 @@ class Stack:
     # livepix ----------------------------------------------------------------------
     def add_api(self, name: str | None = None, src: str | None = None, **env: str) -> tuple[str, Child]:
         """A `livepix api`; `src` runs it from another source tree (A/B comparisons)."""
+        from livepix.processes import free_port
+
         port = free_port(HOST)
         name = name or f"api-{len(self.children)}"
         if src:
             env = {**env, "PYTHONPATH": src}
-        proc = Child(name, [sys.executable, "-m", "livepix", "api", "--host", HOST, "--port", str(port)],
-                     {**self.env, **env}, self.workdir, cwd=src)
+        proc = livepix_child(name, ["api", "--host", HOST, "--port", str(port)], {**self.env, **env},
+                             log_path=self.workdir / f"{name}.log", cwd=src).start()
         self.children.append(proc)
         url = f"http://{HOST}:{port}"
         wait_http(url + "/api/v1/readyz", proc)
@@ -173,30 +95,19 @@ class Stack:
 
     def add_worker(self, queues: str, threads: int = 1, **env: str) -> Child:
         name = f"worker-{queues.replace(',', '-')}-{len(self.children)}"
-        proc = Child(name, [sys.executable, "-m", "livepix", "worker", "--queues", queues,
-                            "--threads", str(threads)], {**self.env, **env}, self.workdir)
+        proc = livepix_child(name, ["worker", "--queues", queues, "--threads", str(threads)],
+                             {**self.env, **env}, log_path=self.workdir / f"{name}.log").start()
         self.children.append(proc)
         return proc
 
     def wait_workers(self, count: int, timeout_s: float = 120) -> None:
-        from livepix.wire import workers_key
-
-        client = self.client()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while client.zcard(workers_key()) < count:
-                for c in self.children:
-                    if c.name.startswith("worker") and not c.stopped and not c.alive():
-                        raise RuntimeError(f"{c.name} exited\n{c.tail()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("workers did not register\n" + self.logs())
-                time.sleep(0.1)
-        finally:
-            client.close()
+        workers = [c for c in self.children if c.name.startswith("worker")]
+        wait_workers(self.redis_url, count, workers, timeout_s)
 
     def spawn(self, name: str, argv: Sequence[str], *, stdin: bool = False, stdout_pipe: bool = False,
               env: dict[str, str] | None = None) -> Child:
-        proc = Child(name, argv, {**self.env, **(env or {})}, self.workdir, stdin=stdin, stdout_pipe=stdout_pipe)
+        proc = Child(name, argv, {**self.env, **(env or {})}, log_path=self.workdir / f"{name}.log",
+                     stdin=stdin, stdout_pipe=stdout_pipe).start()
         self.children.append(proc)
         return proc
 
@@ -207,9 +118,9 @@ class Stack:
         # livepix and client processes first, redis last
         for child in reversed(self.children):
             if child is not self.redis:
-                child.stop()
+                child.stop(timeout_s=10)
         if self.redis is not None:
-            self.redis.stop()
+            self.redis.stop(timeout_s=10)
         self.children.clear()
         if self._tmp and not self.keep_logs:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -221,22 +132,6 @@ class Stack:
         if exc[0] is not None and exc[0] is not KeyboardInterrupt:
             print(self.logs(), file=sys.stderr)
         self.stop()
-
-
-def wait_http(url: str, proc: Child, timeout_s: float = 30) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited early\n{proc.tail()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{proc.name} not ready\n{proc.tail()}")
 
 
 def make_tasks(redis_url: str, count: int, processing: bool = True) -> list[str]:

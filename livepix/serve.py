@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
-from .processes import Child, EmbeddedRedis, python_child
+from .processes import Child, RedisServer, livepix_child
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,11 @@ def serve(settings: Settings, api_workers: bool = True) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    redis_child: EmbeddedRedis | None = None
+    redis_child: RedisServer | None = None
     redis_url = settings.redis_url
     if not redis_url:
-        redis_child = EmbeddedRedis(Path(settings.data_dir) / "redis")
-        redis_child.start()
-        redis_child.wait_ready()
-        redis_url = redis_child.url
+        redis_child = RedisServer(Path(settings.data_dir) / "redis", own_session=True).start()
+        redis_url = redis_child.url()
         log.info("embedded Redis on %s, data in %s", redis_url, redis_child.data_dir)
 
     env = {
@@ -43,11 +41,11 @@ def serve(settings: Settings, api_workers: bool = True) -> int:
         "LIVEPIX_HOST": settings.host,
         "LIVEPIX_PORT": str(settings.port),
     }
-    children: list[Child] = [python_child("api", ["api"], env)]
+    children: list[Child] = [livepix_child("api", ["api"], env, own_session=True)]
     if api_workers:
         children += [
-            python_child("worker-gpu", ["worker", "--queues", "gpu"], env),
-            python_child("worker-cpu", ["worker", "--queues", "cpu"], env),
+            livepix_child("worker-gpu", ["worker", "--queues", "gpu"], env, own_session=True),
+            livepix_child("worker-cpu", ["worker", "--queues", "cpu"], env, own_session=True),
         ]
     for child in children:
         child.start()

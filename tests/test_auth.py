@@ -12,14 +12,14 @@ import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
 from tests.clients import API, SSEStream, png_b64, two_tone, ws_url
-from tests.conftest import RedisProcess, Stack, fresh_stack
+from tests.conftest import RedisServer, Stack, fresh_stack
 
 KEY_A, KEY_B = "key-alice-0123456789", "key-bob-9876543210"
 TASK = {"task_type": "background_removal", "image": png_b64(two_tone())}
 
 
 @pytest.fixture(scope="module")
-def secured(redis_server: RedisProcess, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def secured(redis_server: RedisServer, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """An api with two keys and a cap of 3 waiting tasks, and no worker: tasks wait."""
     stack = fresh_stack(redis_server, data_dir, tmp_path_factory.mktemp("auth-logs"))
     stack.env.update(LIVEPIX_API_KEYS=f"{KEY_A},{KEY_B}", LIVEPIX_MAX_QUEUED_PER_OWNER="3")
@@ -41,15 +41,18 @@ def submit_as(base: str, key: str) -> dict[str, object]:
     return body
 
 
-def test_endpoints_need_a_key_but_the_ui_and_healthz(secured: Stack) -> None:
+def test_endpoints_need_a_key_but_the_ui_and_the_probes(secured: Stack) -> None:
     base = secured.url
-    for method, path in [("POST", "/tasks/submit/"), ("GET", "/queues"), ("GET", "/readyz"), ("GET", "/metrics")]:
+    for method, path in [("POST", "/tasks/submit/"), ("GET", "/queues"), ("GET", "/metrics")]:
         response = httpx.request(method, base + API + path, json=TASK)
         assert response.status_code == 401 and response.json()["code"] == "unauthorized", path
     wrong = httpx.get(base + API + "/queues", headers=as_("not-a-key"))
     assert wrong.status_code == 401
     assert httpx.get(base + "/").status_code == 200
     assert httpx.get(base + API + "/healthz").status_code == 200
+    ready = httpx.get(base + API + "/readyz")  # a load balancer's probe carries no key
+    assert ready.status_code == 200 and set(ready.json()) == {"status", "redis", "hub"}
+    assert httpx.get(base + "/readyz").status_code == 200
     assert httpx.get(base + API + "/queues", headers=as_(KEY_A)).status_code == 200
 
 

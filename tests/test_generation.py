@@ -25,7 +25,7 @@ from tests.clients import (
     submit,
     two_tone,
 )
-from tests.conftest import RedisProcess, Stack, fresh_stack
+from tests.conftest import RedisServer, Stack, fresh_stack
 from tests.models_diffusion import build_tiny_sd, build_tiny_taesd
 
 
@@ -41,7 +41,7 @@ def tiny_taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gpu(
-    redis_server: RedisProcess,
+    redis_server: RedisServer,
     data_dir: Path,
     tiny_sd: Path,
     tiny_taesd: Path,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from actors.engines.inpaint import dilate
 from tests.clients import assert_contiguous, decode_png, png_b64, sse_events, submit
-from tests.conftest import RedisProcess, Stack, _db_numbers
+from tests.conftest import RedisServer, Stack, _db_numbers
 from tests.models_lama import build_tiny_lama
 
 WIDTH, HEIGHT = 101, 77  # not multiples of 8: the engine must pad
@@ -30,7 +30,7 @@ def tiny_lama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(
-    redis_server: RedisProcess,
+    redis_server: RedisServer,
     data_dir: Path,
     tiny_lama: Path,
     tmp_path_factory: pytest.TempPathFactory,

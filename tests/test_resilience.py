@@ -31,7 +31,7 @@ from tests.clients import (
     two_tone,
     ws_url,
 )
-from tests.conftest import RedisProcess, Stack
+from tests.conftest import RedisServer, Stack
 
 
 def ws_frame(text: str) -> bytes:
@@ -195,7 +195,7 @@ def test_a_stalled_sse_stream_ends_once_a_send_blocks_past_the_timeout(new_stack
 def test_redis_restart_while_a_watcher_waits_leaves_no_gap(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    server = RedisProcess(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis")
     server.start()
     s = Stack(server.url(0), data_dir, tmp_path)
     try:

@@ -11,13 +11,13 @@ import redis
 
 from livepix import store
 from livepix.wire import EventType, TaskError, log_key, runtime_key, state_key
-from tests.conftest import RedisProcess
+from tests.conftest import RedisServer
 
 TTL = 60
 
 
 @pytest.fixture
-def client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(redis_server.url(63))
     c.flushdb()
     yield c

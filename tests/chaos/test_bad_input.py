@@ -35,7 +35,7 @@ from tests.chaos.corpus import (
     oversize_body,
 )
 from tests.clients import API, decode_png, png_b64, sse_events, submit, two_tone, ws_url
-from tests.conftest import RedisProcess, Stack, fresh_stack
+from tests.conftest import RedisServer, Stack, fresh_stack
 
 CODES = {code.value for code in ErrorCode}
 JSON = {"Content-Type": "application/json"}
@@ -342,7 +342,7 @@ HAS_SCHEMATHESIS = importlib.util.find_spec("schemathesis") is not None  # the `
 
 @pytest.fixture(scope="module")
 def fuzz_stack(
-    redis_server: RedisProcess, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """An api of its own, with no worker: fuzzed submits that pass stay queued, harmless."""
     s = fresh_stack(redis_server, data_dir, tmp_path_factory.mktemp("fuzz-logs"))

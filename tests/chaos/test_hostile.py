@@ -21,13 +21,13 @@ from livepix import store
 from livepix.wire import EventType, TaskResult
 from tests.chaos.test_bad_input import assert_json_error
 from tests.clients import API, png_b64, submit, two_tone, ws_url
-from tests.conftest import RedisProcess, Stack, fresh_stack
+from tests.conftest import RedisServer, Stack, fresh_stack
 
 TASK = {"task_type": "background_removal", "image": png_b64(two_tone())}
 
 
 @pytest.fixture(scope="module")
-def idle(redis_server: RedisProcess, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def idle(redis_server: RedisServer, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """An api with no worker: tasks wait, and the test writes their events itself."""
     stack = fresh_stack(redis_server, data_dir, tmp_path_factory.mktemp("hostile-logs"))
     try:
@@ -103,8 +103,9 @@ def test_history_of_many_tasks_never_closes_a_socket_as_too_slow(idle: Stack) ->
     over twice the 256-frame outbox) must arrive whole, with replies to ops sent while
     it is queued, and the socket must not be closed 4008."""
     ids = [submit(idle.url, TASK) for _ in range(80)]
+    # 7 events each, or one more where the upkeep re-sent `queued` as the queue moved
     last = {task_id: run_to_the_end(idle, task_id, steps=4) for task_id in ids}
-    assert set(last.values()) == {7}
+    assert sum(last.values()) >= 80 * 7
     with ws_client.connect(ws_url(idle.url, "/ws"), open_timeout=10, max_size=None) as ws:
         for task_id in ids:
             ws.send(json.dumps({"op": "subscribe", "task_id": task_id}))
@@ -114,7 +115,7 @@ def test_history_of_many_tasks_never_closes_a_socket_as_too_slow(idle: Stack) ->
         seen: dict[str, list[int]] = {task_id: [] for task_id in ids}
         replies = []
         deadline = time.monotonic() + 60
-        while sum(map(len, seen.values())) < 80 * 7 or len(replies) < 3:
+        while sum(map(len, seen.values())) < sum(last.values()) or len(replies) < 3:
             assert time.monotonic() < deadline, (sum(map(len, seen.values())), replies)
             message = json.loads(ws.recv(timeout=30))  # a close (4008) raises here
             if "op" in message:
@@ -122,7 +123,7 @@ def test_history_of_many_tasks_never_closes_a_socket_as_too_slow(idle: Stack) ->
             else:
                 seen[message["task_id"]].append(message["seq"])
         assert sorted(replies) == ["error", "pong", "pong"]
-        assert all(seqs == list(range(1, 8)) for seqs in seen.values())
+        assert all(seqs == list(range(1, last[task_id] + 1)) for task_id, seqs in seen.items())
         ws.send(json.dumps({"op": "ping"}))
         assert json.loads(ws.recv(timeout=10)) == {"op": "pong"}
 

@@ -23,12 +23,12 @@ from tests.clients import (
     two_tone,
     ws_url,
 )
-from tests.conftest import Process, RedisProcess, Stack
+from tests.conftest import Child, RedisServer, Stack
 
 
-def api_process(stack: Stack, url: str) -> Process:
+def api_process(stack: Stack, url: str) -> Child:
     port = url.rsplit(":", 1)[1]
-    return next(p for p in stack.processes if p.name.startswith("api") and f"--port {port}" in " ".join(p.proc.args))
+    return next(p for p in stack.processes if p.name.startswith("api") and f"--port {port}" in " ".join(p.argv))
 
 
 def test_api_sigterm_closes_websockets_1012_and_ends_sse_and_clients_resume_elsewhere(new_stack: Stack) -> None:
@@ -92,7 +92,7 @@ def test_worker_sigterm_lets_the_running_task_finish(new_stack: Stack) -> None:
 
 
 def test_submits_while_redis_is_down_get_503_with_retry_after(tmp_path: Any, data_dir: Any) -> None:
-    server = RedisProcess(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis")
     server.start()
     stack = Stack(server.url(0), data_dir, tmp_path)
     try:

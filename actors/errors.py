@@ -57,3 +57,7 @@ def says_out_of_memory(exc: BaseException) -> bool:
 
 class TaskCancelledError(Exception):
     """Raised at a progress point when the task's cancel was requested; not a failure."""
+
+
+class TaskTimeoutError(Exception):
+    """Raised at a progress point once the task's `deadline_s` has passed."""

@@ -1,6 +1,7 @@
 """The worker's side of the task store: start, report progress, finish.
 
-Each call is one Redis round trip (one store script).
+A progress event is one Redis round trip (one store script); starting and finishing
+also keep the queue bookkeeping in step (livepix/store.py).
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import redis
 
 from livepix import store
 from livepix.config import Settings
+from livepix.storage import run
 from livepix.wire import EventType, TaskError, TaskResult, input_key
 
-from .errors import TaskCancelledError, TaskFailedError
+from .errors import TaskCancelledError, TaskFailedError, TaskTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,21 @@ PREVIEW_JPEG_QUALITY = 70
 
 
 class Recorder:
-    """Writes a worker's events for its tasks through the store scripts."""
+    """Writes a worker's events for its tasks through the store."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, worker_id: str) -> None:
+    def __init__(self, client: Any, settings: Settings, worker_id: str) -> None:
         self.client = client
         self.settings = settings
         self.worker_id = worker_id
-        self._scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
-
-    def _run(self, call: store.ScriptCall) -> Any:
-        return self._scripts[call.script](keys=call.keys, args=call.args)
+        self.opts = store.Options(settings.result_ttl_s, settings.cluster)
+        self._deadlines: dict[str, float] = {}
 
     def start(self, task_id: str, queue: str) -> int:
         """See `store.start`: a positive seq means the task is ours to run."""
-        call = store.start(
-            task_id, queue, self.worker_id, self.settings.max_attempts, self.settings.result_ttl_s
-        )
-        return int(self._run(call))
+        started = run(self.client, store.start(self.opts, task_id, queue, self.worker_id, self.settings.max_attempts))
+        if started.seq > 0 and started.deadline is not None:
+            self._deadlines[task_id] = started.deadline
+        return started.seq
 
     def load_input(self, task_id: str) -> dict[str, Any]:
         raw = self.client.get(input_key(task_id))
@@ -58,10 +56,15 @@ class Recorder:
         return request
 
     def progress(self, task_id: str, percent: int, message: str, **extra: Any) -> None:
-        """Log a progress event; raise `TaskCancelledError` if a cancel was requested."""
-        call = store.progress(task_id, percent, message, self.settings.result_ttl_s, **extra)
-        seq, cancel = self._run(call)
-        if cancel or int(seq) == 0:
+        """Log a progress event; raise `TaskCancelledError` if a cancel was requested, or
+        `TaskTimeoutError` if the task's deadline passed."""
+        deadline = self._deadlines.get(task_id)
+        if deadline is not None and time.time() >= deadline:
+            raise TaskTimeoutError(task_id)
+        seq, cancel = run(self.client, store.progress(self.opts, task_id, percent, message, **extra))
+        if cancel == "timeout":
+            raise TaskTimeoutError(task_id)
+        if cancel or seq <= 0:
             raise TaskCancelledError(task_id)
 
     def finish(
@@ -72,12 +75,13 @@ class Recorder:
         message: str,
         *,
         result: TaskResult | None = None,
+        images: Sequence[bytes] = (),
         error: TaskError | None = None,
     ) -> int:
-        call = store.finish(
-            task_id, queue, type, message, self.settings.result_ttl_s, result=result, error=error
-        )
-        return int(self._run(call))
+        self._deadlines.pop(task_id, None)
+        return run(self.client, store.finish(
+            self.opts, task_id, queue, type, message, result=result, images=images, error=error,
+        ))
 
     def heartbeat(self, key: str, member: str, score: float) -> None:
         self.client.zadd(key, {member: score})

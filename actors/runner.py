@@ -8,11 +8,17 @@ from typing import Any
 
 from dramatiq.middleware import TimeLimitExceeded
 
-from livepix.images import ImageError, ImageLimits, decode_image, encode_png_base64
+from livepix.images import ImageError, ImageLimits, decode_image, encode_png
 from livepix.wire import QUEUE_OF, ErrorCode, EventType, TaskError, TaskResult, TaskType
 
 from .engines import EngineInput, Engines
-from .errors import InvalidImageError, TaskCancelledError, TaskFailedError, says_out_of_memory
+from .errors import (
+    InvalidImageError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskTimeoutError,
+    says_out_of_memory,
+)
 from .recorder import Recorder, Reporter
 
 log = logging.getLogger(__name__)
@@ -36,7 +42,9 @@ class Runner:
             return
         began = time.monotonic()
         try:
-            result = self._execute(task_id, task_type)
+            result, images = self._execute(task_id, task_type)
+        except TaskTimeoutError:
+            self._fail(task_id, queue, ErrorCode.TIMEOUT, "the task ran past its deadline_s")
         except TaskCancelledError:
             self.recorder.finish(task_id, queue, EventType.CANCELLED, "Cancelled")
             log.info("task %s cancelled while running", task_id)
@@ -57,7 +65,7 @@ class Runner:
         else:
             elapsed = time.monotonic() - began
             self.recorder.finish(
-                task_id, queue, EventType.SUCCEEDED, f"Done in {elapsed:.1f} s", result=result
+                task_id, queue, EventType.SUCCEEDED, f"Done in {elapsed:.1f} s", result=result, images=images
             )
             log.info("task %s (%s) done in %.2f s", task_id, task_type.value, elapsed)
 
@@ -67,7 +75,7 @@ class Runner:
             task_id, queue, EventType.FAILED, message, error=TaskError(code=code, message=message)
         )
 
-    def _execute(self, task_id: str, task_type: TaskType) -> TaskResult:
+    def _execute(self, task_id: str, task_type: TaskType) -> tuple[TaskResult, list[bytes]]:
         request = self.recorder.load_input(task_id)
         report = Reporter(self.recorder, task_id)
         task = EngineInput(
@@ -82,12 +90,10 @@ class Runner:
         output = engine.run(task, report)
         report(95, "Encoding the result")
         metadata: dict[str, Any] = dict(output.metadata)
-        result = TaskResult(
-            status="SUCCESS", image_data=encode_png_base64(output.image), metadata=metadata
-        )
+        result = TaskResult(status="SUCCESS", metadata=metadata)
         if output.prompt_used is not None:
             result["prompt_used"] = output.prompt_used
-        return result
+        return result, [encode_png(output.image)]
 
     def _image(self, request: dict[str, Any], name: str) -> Any:
         data = request.get(name)

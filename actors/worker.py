@@ -17,8 +17,9 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from livepix.broker import make_broker
+from livepix.broker import heartbeats_key, make_broker
 from livepix.config import Settings
+from livepix.storage import sync_client
 from livepix.wire import (
     QUEUE_OF,
     WORKER_HEARTBEAT_S,
@@ -67,8 +68,9 @@ class WorkerProcess:
         default_threads = settings.gpu_threads if "gpu" in self.queues else settings.cpu_threads
         self.threads = max(1, threads or default_threads)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.broker = make_broker(settings.redis_url)
-        client = redis.Redis.from_url(settings.redis_url, socket_keepalive=True)
+        cluster = settings.cluster
+        client = sync_client(settings.redis_url, cluster, socket_keepalive=True)
+        self.broker = make_broker(sync_client(settings.redis_url, cluster, socket_keepalive=True), cluster)
         self.recorder = Recorder(client, settings, self.worker_id)
         self.engines = Engines(settings)
         declare_actors(self.broker, Runner(self.recorder, self.engines), settings)
@@ -82,8 +84,7 @@ class WorkerProcess:
         # Dramatiq refreshes its own heartbeat only when it fetches, which a worker
         # whose prefetch is all taken does not do during a long task: keep it fresh
         # so that maintenance never re-queues a running task.
-        beats_key = f"{self.broker.namespace}:__heartbeats__"
-        self.recorder.heartbeat(beats_key, self.broker.broker_id, now * 1000)
+        self.recorder.heartbeat(heartbeats_key(self.settings.cluster), self.broker.broker_id, now * 1000)
 
     def _beat(self) -> None:
         while not self._stop.wait(WORKER_HEARTBEAT_S):

@@ -7,8 +7,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from livepix.config import Settings, load_settings
+from livepix.storage import async_client
 
 from . import routes
 from .auth import Authenticator, AuthMiddleware
@@ -97,19 +98,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # A blocking pool: a burst of requests waits for a connection (up to 2 s)
         # instead of failing with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=2,
-            socket_keepalive=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            decode_responses=True,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        tasks = TaskService(client, settings)
-        live = Live.create(redis_url, tasks.read_log, settings.sse_keepalive_s,
-                           getattr(app.state, "transports", None))
+        options: dict[str, Any] = {"max_connections": REDIS_POOL_SIZE, "timeout": 2, "socket_keepalive": True,
+                                   "socket_connect_timeout": 2, "socket_timeout": 5}
+        client = async_client(redis_url, settings.cluster, decode_responses=True, **options)
+        binary = async_client(redis_url, settings.cluster, **options)
+        tasks = TaskService(client, binary, settings)
+        live = Live.create(redis_url, settings.cluster, tasks.read_log, tasks.complete_result,
+                           settings.sse_keepalive_s, getattr(app.state, "transports", None))
         upkeep = Upkeep(tasks)
         app.state.settings = settings
         app.state.auth = authenticator
@@ -124,7 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 upkeep_task.cancel()
                 await asyncio.gather(upkeep_task, return_exceptions=True)
         await client.aclose()
-        await pool.aclose()
+        await binary.aclose()
 
     return Starlette(
         routes=build_routes(),

@@ -26,15 +26,16 @@ from .errors import UnavailableError
 from .live import Live
 from .live.counters import LATENCY, Counts
 from .tasks import TaskService
+from .upkeep import Upkeep
 
 
 class _Snapshot:
     """A prometheus-client collector over one scrape's values."""
 
-    def __init__(self, live: Live, tasks: TaskService, lost: int, queues: dict[str, Any] | None) -> None:
+    def __init__(self, live: Live, tasks: TaskService, upkeep: Upkeep, queues: dict[str, Any] | None) -> None:
         self.live = live
         self.tasks = tasks
-        self.lost = lost
+        self.upkeep = upkeep
         self.queues = queues
 
     def collect(self) -> Iterator[Metric]:
@@ -48,7 +49,10 @@ class _Snapshot:
                                 value=hub.watched_tasks)
         yield GaugeMetricFamily("livepix_watches", "local task subscriptions", value=hub.follow_count)
         yield CounterMetricFamily("livepix_tasks_lost", "tasks failed worker_lost by this api's watchdog",
-                                  value=self.lost)
+                                  value=self.upkeep.lost)
+        yield CounterMetricFamily("livepix_tasks_reenqueued",
+                                  "waiting tasks whose queue message was missing, enqueued by this api's watchdog",
+                                  value=self.upkeep.reenqueued)
         yield CounterMetricFamily("livepix_progress_coalesced",
                                   "progress events replaced by a newer one for a slow client", value=Counts.coalesced)
         yield CounterMetricFamily("livepix_progress_dropped",
@@ -94,6 +98,6 @@ async def metrics(request: Request) -> Response:
     except UnavailableError:
         queues = None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(request.app.state.live, tasks, request.app.state.upkeep.lost, queues))
+    registry.register(_Snapshot(request.app.state.live, tasks, request.app.state.upkeep, queues))
     ProcessCollector(registry=registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

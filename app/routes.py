@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -169,15 +168,25 @@ async def result(request: Request) -> Response:
 
 
 async def result_png(request: Request) -> Response:
-    task_id, final, event = await _final_event(_tasks(request), request)
-    if final is not Status.SUCCESS:
-        raise NoResultError(f"The task ended {final.value} without a result")
-    png = base64.b64decode(event["result"]["image_data"])
+    tasks = _tasks(request)
+    state = await tasks.get(task_id_param(request), request.state.caller)
+    if not state.terminal:
+        raise NotReadyError(f"The task is {state.status.value}; watch its events or try again later")
+    if state.status is not Status.SUCCESS:
+        raise NoResultError(f"The task ended {state.status.value} without a result")
+    raw = request.query_params.get("index", "0")
+    if not raw.isdigit() or len(raw) > 3:
+        raise InvalidInputError(details={"index": ["must be the number of one of the task's images, from 0"]})
+    png = await tasks.result_png(state.task_id, int(raw))
+    if png is None:
+        if raw != "0":
+            raise InvalidInputError(details={"index": [f"the task has no image {raw}"]})
+        raise UnavailableError("The task's result is missing; retry shortly")
     return Response(
         png,
         media_type="image/png",
         headers={
-            "Content-Disposition": f'inline; filename="{task_id}.png"',
+            "Content-Disposition": f'inline; filename="{state.task_id}.png"',
             "Cache-Control": "private, max-age=3600",
         },
     )

@@ -5,6 +5,7 @@ Redis errors become `UnavailableError` here, at the edge.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -14,11 +15,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from livepix import store
 from livepix.config import Settings
+from livepix.storage import arun
 from livepix.wire import (
     QUEUE_OF,
     TERMINAL_STATUSES,
@@ -29,6 +30,7 @@ from livepix.wire import (
     dumps,
     log_key,
     pending_key,
+    result_key,
     running_key,
     state_key,
     workers_key,
@@ -90,45 +92,39 @@ async def redis_errors() -> AsyncIterator[None]:
 
 
 class TaskService:
-    """Everything the api does with tasks in Redis and on the broker."""
+    """Everything the api does with tasks in Redis and on the broker.
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    `client` decodes replies to text; `binary` (the same Redis) keeps bytes, for the
+    result images.
+    """
+
+    def __init__(self, client: Any, binary: Any, settings: Settings) -> None:
         self.client = client
+        self.binary = binary
         self.settings = settings
-        self._scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
+        self.opts = store.Options(settings.result_ttl_s, settings.cluster)
         self.submitted: dict[str, int] = {}
 
-    async def run_script(self, call: store.ScriptCall, client: Any = None) -> Any:
-        """Run a store script, on `client` (a pipeline) if given."""
-        return await self._scripts[call.script](keys=call.keys, args=call.args, client=client)
-
     async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
-        """Store and enqueue a validated task, in one atomic step; returns its id and
-        queue position.
+        """Store a validated task, then enqueue it; returns its id and queue position.
 
         Raises `TooManyTasksError` when the owner already has its cap of waiting tasks.
         """
         task_id = str(uuid.uuid4())
         queue = QUEUE_OF[request.task_type].value
-        ttl = self.settings.result_ttl_s
-        async with redis_errors():
-            call = store.submit(
-                task_id,
-                request.task_type.value,
-                queue,
-                owner,
-                dumps(request.to_wire()),
-                ttl,
-                self.settings.max_queued_per_owner,
-                actor_name(request.task_type),
-            )
-            position = int(await self.run_script(call))
-        if position == -2:
+        deadline = None if request.deadline_s is None else time.time() + request.deadline_s
+        try:
+            async with redis_errors():
+                position = await arun(self.client, store.submit(
+                    self.opts, task_id, request.task_type.value, queue, owner, dumps(request.to_wire()),
+                    self.settings.max_queued_per_owner, actor_name(request.task_type), deadline,
+                ))
+        except store.OwnerCapError:
             raise TooManyTasksError(
                 f"You already have {self.settings.max_queued_per_owner} tasks waiting; "
                 "retry when some have started",
                 retry_after_s=5,
-            )
+            ) from None
         self.submitted[request.task_type.value] = self.submitted.get(request.task_type.value, 0) + 1
         return task_id, position
 
@@ -154,22 +150,54 @@ class TaskService:
         return None if rank is None else int(cast(int, rank)) + 1
 
     async def read_log(self, task_id: str, since: int) -> list[str]:
-        """The task's events after seq `since`, as JSON text. Raises RedisError."""
-        raw = await self.client.lrange(log_key(task_id), since, -1)
-        return [str(item) for item in raw]
+        """The task's events after seq `since`, as JSON text, as a client gets them: the
+        latest preview on its event, the result with its images. Raises RedisError."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lrange(log_key(task_id), since, -1)
+        pipe.hmget(state_key(task_id), "preview", "preview_seq")
+        texts, (preview, preview_seq) = await pipe.execute()
+        texts = [str(text) for text in texts]
+        if preview and preview_seq and since < int(preview_seq) <= since + len(texts):
+            at = int(preview_seq) - since - 1
+            texts[at] = texts[at][:-1] + f',"preview":"{preview}"}}'
+        if texts:
+            texts[-1] = await self.complete_result(task_id, texts[-1])
+        return texts
+
+    async def complete_result(self, task_id: str, text: str) -> str:
+        """A `succeeded` event as clients get it: its result with the images, base64
+        (the store keeps the PNG bytes once). Raises RedisError."""
+        event = json.loads(text)
+        result = event.get("result")
+        if not isinstance(result, dict) or "image_data" in result:
+            return text
+        images = await self.binary.lrange(result_key(task_id), 0, -1)
+        encoded = [base64.b64encode(image).decode("ascii") for image in images]
+        if encoded:
+            result["image_data"] = encoded[0]
+        if len(encoded) > 1:
+            result["images"] = encoded
+        return dumps(event)
+
+    async def result_png(self, task_id: str, index: int = 0) -> bytes | None:
+        """The task's `index`th output image, PNG bytes, or None."""
+        async with redis_errors():
+            image = await self.binary.lindex(result_key(task_id), index)
+        return None if image is None else bytes(image)
 
     async def last_event(self, task_id: str) -> dict[str, Any] | None:
+        """The task's last event as clients get it (a result with its images)."""
         async with redis_errors():
             raw = await self.client.lindex(log_key(task_id), -1)
-        return None if raw is None else dict(json.loads(raw))
+            if raw is None:
+                return None
+            text = await self.complete_result(task_id, str(raw))
+        return dict(json.loads(text))
 
     async def cancel(self, state: TaskState) -> tuple[bool, Status]:
         """Cancel a task: (whether it was or will be cancelled, its status now)."""
         async with redis_errors():
-            code, status = await self.run_script(
-                store.cancel(state.task_id, state.queue, self.settings.result_ttl_s)
-            )
-        code = int(code)
+            code, status = await arun(self.client, store.cancel(self.opts, state.task_id, state.queue))
         if code == -1:
             raise NotFoundError()
         return code > 0, Status(status)

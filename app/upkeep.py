@@ -1,9 +1,13 @@
-"""Background upkeep of the api: queue positions and ETAs, and the lost-worker watchdog.
+"""Background upkeep of the api: queue positions and ETAs, deadlines, and the watchdog.
 
 One api process at a time does the passes: it holds a lease in Redis that it renews
 each pass, and another process takes over within `LEASE_MS` when it stops. Each change
-is still a store script that re-checks the task's state, so two processes that both
-believe they lead (a lease expiring mid-pass) change nothing twice.
+to a task is still a store script that re-checks the task's state, so two processes
+that both believe they lead (a lease expiring mid-pass) change nothing twice.
+
+The watchdog also repairs what a process dying between two steps of a store operation
+leaves behind (livepix/store.py): a waiting task whose Dramatiq message never reached
+the broker is enqueued; entries of ended tasks leave the running set.
 """
 
 from __future__ import annotations
@@ -17,13 +21,19 @@ from typing import cast
 from redis.exceptions import RedisError
 
 from livepix import store
+from livepix.broker import queue_messages_key
+from livepix.storage import arun, arun_batch
 from livepix.wire import (
+    TERMINAL_STATUSES,
     WORKER_SEEN_S,
     EventType,
     Queue,
     Status,
     TaskError,
+    TaskType,
+    actor_name,
     capacity_key,
+    deadlines_key,
     pending_key,
     running_key,
     runtime_key,
@@ -42,6 +52,8 @@ MAX_TRACKED = 1000  # waiting tasks per queue that get position and ETA updates
 WATCHDOG_INTERVAL_S = 5.0
 LEASE_MS = 3000
 PENDING_MARGIN_S = 60.0  # fail a task still waiting this close to its expiry
+REENQUEUE_AFTER_S = 10.0  # a task waiting this long without its message gets one
+DEADLINE_GRACE_S = 10.0  # a running task past its deadline has this long to stop itself
 
 
 class Upkeep:
@@ -50,11 +62,13 @@ class Upkeep:
     def __init__(self, tasks: TaskService) -> None:
         self.tasks = tasks
         self.client = tasks.client
+        self.opts = tasks.opts
         self.ttl_s = tasks.settings.result_ttl_s
         # Dramatiq re-delivers a running task once its worker's broker heartbeat is 15 s
         # stale; a task not re-started this long after its worker vanished is failed.
         self.lost_after_s = float(tasks.settings.worker_lost_after_s)
         self.lost = 0
+        self.reenqueued = 0
         self.id = uuid.uuid4().hex
 
     async def lead(self) -> bool:
@@ -74,6 +88,7 @@ class Upkeep:
                     continue
                 for queue in Queue:
                     await self.requeue(queue)
+                await self.deadlines()
                 if time.monotonic() - last_watchdog >= WATCHDOG_INTERVAL_S:
                     last_watchdog = time.monotonic()
                     await self.watchdog()
@@ -106,20 +121,49 @@ class Upkeep:
         waiting = [(i, s) for i, s in zip(ids, states, strict=True) if s[0] == "PENDING" and s[1]]
         runtimes = {k: float(v) for k, v in runtimes_raw.items()}
         etas = estimate([s[1] for _, s in waiting], running, runtimes, capacity(workers))
-        pipe = self.client.pipeline(transaction=False)
-        for position, ((task_id, state), eta) in enumerate(zip(waiting, etas, strict=True), start=1):
-            # A deep queue mostly stands still: only call the script where it would act.
-            if store.queued_moved(position, eta, state[2], state[3]):
-                await self.tasks.run_script(store.requeued(task_id, position, eta, self.ttl_s), pipe)
-        if len(pipe):
-            await pipe.execute()
+        # A deep queue mostly stands still: only call the script where it would act.
+        calls: list[store.Call] = [
+            store.requeued(self.opts, task_id, position, eta)
+            for position, ((task_id, state), eta) in enumerate(zip(waiting, etas, strict=True), start=1)
+            if store.queued_moved(position, eta, state[2], state[3])
+        ]
+        if calls:
+            await arun_batch(self.client, calls)
         gone = [i for i, s in zip(ids, states, strict=True) if s[0] != "PENDING"]
         if gone:
             await self.client.zrem(pending_key(queue), *gone)
 
+    async def deadlines(self) -> None:
+        """End the tasks whose `deadline_s` ran out: a waiting one fails `timeout` at once;
+        a running one is told to stop at its next progress point, and failed if it has
+        not ended `DEADLINE_GRACE_S` later."""
+        now = time.time()
+        due = cast(list[tuple[str, float]], await self.client.zrangebyscore(
+            deadlines_key(), "-inf", now, start=0, num=100, withscores=True,
+        ))
+        for task_id, deadline in due:
+            status, queue = await self.client.hmget(state_key(task_id), "status", "queue")
+            if status is None or status in TERMINAL_STATUSES:
+                await self.client.zrem(deadlines_key(), task_id)
+                continue
+            error = TaskError(code="timeout", message="the task did not finish within its deadline_s")
+            if status == Status.PENDING:
+                await arun(self.client, store.finish(
+                    self.opts, task_id, queue or "", EventType.FAILED, "Deadline passed", error=error,
+                    only_status=Status.PENDING.value,
+                ))
+            elif now - deadline < DEADLINE_GRACE_S:
+                await arun_batch(self.client, [store.interrupt(task_id, "timeout")])
+            else:
+                await arun(self.client, store.finish(
+                    self.opts, task_id, queue or "", EventType.FAILED, "Deadline passed", error=error,
+                    only_status=Status.PROCESSING.value,
+                ))
+
     async def watchdog(self) -> None:
         """End running tasks whose worker vanished and was not replaced in time, and
-        waiting tasks about to expire: every task gets its terminal event."""
+        waiting tasks about to expire: every task gets its terminal event. Repair what a
+        process that died mid-operation left."""
         now = time.time()
         live = set(await self.client.zrangebyscore(workers_key(), now - WORKER_SEEN_S, "+inf"))
         running = cast(list[str], await self.client.zrange(running_key(), 0, -1))
@@ -127,8 +171,8 @@ class Upkeep:
             status, worker, queue, lost_at = cast(list[str | None], await self.client.hmget(
                 state_key(task_id), "status", "worker", "queue", "lost_at"
             ))
-            if status is None:
-                await self.client.zrem(running_key(), task_id)
+            if status is None or status in TERMINAL_STATUSES:
+                await self.client.zrem(running_key(), task_id)  # gone, or its finish died half-way
                 continue
             if status != "PROCESSING" or worker is None or worker in live:
                 continue
@@ -141,15 +185,16 @@ class Upkeep:
                 code="worker_lost",
                 message=f"the worker running this task stopped and no other took it over within {self.lost_after_s:.0f} s",
             )
-            call = store.finish(
-                task_id, queue or "", EventType.FAILED, "Worker lost", self.ttl_s,
-                error=error, only_status=Status.PROCESSING.value, only_worker=worker,
-            )
-            if int(await self.tasks.run_script(call)) > 0:
+            ended = await arun(self.client, store.finish(
+                self.opts, task_id, queue or "", EventType.FAILED, "Worker lost", error=error,
+                only_status=Status.PROCESSING.value, only_worker=worker,
+            ))
+            if ended > 0:
                 self.lost += 1
                 log.warning("task %s failed: its worker %s vanished", task_id, worker)
         for queue in Queue:
             await self._expire_waiting(queue, now)
+            await self._reenqueue(queue, now)
 
     async def _expire_waiting(self, queue: Queue, now: float) -> None:
         oldest = cast(list[str], await self.client.zrange(pending_key(queue), 0, 20))
@@ -160,7 +205,42 @@ class Upkeep:
             if now - float(created) < self.ttl_s - PENDING_MARGIN_S:
                 break  # in submit order: the rest are younger
             error = TaskError(code="timeout", message="no worker took the task before it expired")
-            await self.tasks.run_script(
-                store.finish(task_id, queue.value, EventType.FAILED, "Expired", self.ttl_s,
-                             error=error, only_status=Status.PENDING.value)
-            )
+            await arun(self.client, store.finish(
+                self.opts, task_id, queue.value, EventType.FAILED, "Expired", error=error,
+                only_status=Status.PENDING.value,
+            ))
+
+    async def _reenqueue(self, queue: Queue, now: float) -> None:
+        """Enqueue the waiting tasks whose Dramatiq message is missing: their submit died
+        after it stored the task. A message stays in the queue's `.msgs` hash from its
+        enqueue until its worker acknowledges it, by which time the task is no longer
+        waiting; the enqueue is once per task id, so a message on its way is never
+        doubled."""
+        oldest = cast(list[str], await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1))
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in oldest:
+            pipe.hmget(state_key(task_id), "created", "status", "task_type")
+        states = await pipe.execute()
+        old = [(task_id, task_type) for task_id, (created, status, task_type) in zip(oldest, states, strict=True)
+               if status == "PENDING" and created and task_type and now - float(created) >= REENQUEUE_AFTER_S]
+        if not old:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, _ in old:
+            pipe.hexists(queue_messages_key(queue.value, self.opts.cluster), task_id)
+        absent = [(t, k) for (t, k), present in zip(old, await pipe.execute(), strict=True) if not present]
+        if not absent:
+            return
+        # Read again, after: a task whose message was handled between the two reads has
+        # left PENDING before its message left the hash.
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, _ in absent:
+            pipe.hget(state_key(task_id), "status")
+        missing = [(t, k) for (t, k), status in zip(absent, await pipe.execute(), strict=True) if status == "PENDING"]
+        for task_id, task_type in missing:
+            queued = await arun_batch(self.client, [
+                store.enqueue(self.opts, task_id, queue.value, actor_name(TaskType(task_type))),
+            ])
+            if queued[0]:
+                self.reenqueued += 1
+                log.warning("task %s waited without its queue message (its submit died half-way); enqueued it", task_id)

@@ -15,6 +15,7 @@ from livepix.images import ImageError, ImageLimits, decode_bytes, open_image
 from livepix.wire import INPAINT_METHODS, STYLE_PRESETS, TaskType
 
 MAX_PROMPT_CHARS = 5000
+MIN_DEADLINE_S, MAX_DEADLINE_S = 1.0, 86_400.0
 MAX_BOXES = 64
 _HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
 # JSON may escape a lone UTF-16 surrogate ("\ud800"); such a string cannot become UTF-8.
@@ -42,6 +43,7 @@ class TaskRequest:
     target_image: str | None
     mask: str | None
     parameters: dict[str, Any]
+    deadline_s: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -228,11 +230,14 @@ def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
             errors.add("task_type", f'"{_shown(raw_type)}" is not a valid choice; choose one of: {choices}')
         raise ValidationError(errors.details) from None
 
-    known = {"task_type", "prompt", "image", "target_image", "mask", "parameters"}
+    known = {"task_type", "prompt", "image", "target_image", "mask", "parameters", "deadline_s"}
     for extra in sorted(set(body) - known):
         errors.add(extra, "Unknown field")
 
     prompt = _validate_prompt(task_type, body.get("prompt"), errors)
+    deadline_s, problem = _optional(_float_range(MIN_DEADLINE_S, MAX_DEADLINE_S))(body.get("deadline_s"))
+    if problem:
+        errors.add("deadline_s", f"deadline_s {problem} (seconds)")
     parameters = _validate_parameters(task_type, body.get("parameters"), errors)
 
     images: dict[str, str | None] = {"image": None, "target_image": None, "mask": None}
@@ -276,6 +281,7 @@ def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
         target_image=images["target_image"],
         mask=images["mask"],
         parameters=parameters,
+        deadline_s=deadline_s,
     )
 
 

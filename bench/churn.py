@@ -17,13 +17,8 @@ after a confirmed `unsubscribe`, live watchers left without events (lost
 subscriptions). After each transport the clients leave, and `/metrics` must show no
 watch left behind.
 
-`--checks` runs two short correctness probes instead (about 20 s):
-- *early leave*: --check-joins joins (ws, sse, mux subscribe), each abandoned (RST)
-  0-10 ms after the response head or the subscribe, then `/metrics` must show no
-  watch and no watched task left;
-- *mux op bursts*: on one `/api/v1/ws` socket, for each of 100 tasks, the ops
-  `subscribe, unsubscribe, ...` sent back to back; 1-3 s later a task must deliver
-  events exactly when its last op was `subscribe`.
+The short correctness probes (abandoned joins, /ws op bursts) are tests:
+tests/test_churn.py.
 """
 
 from __future__ import annotations
@@ -263,142 +258,6 @@ def plot(result: dict[str, Any], name: str) -> str:
     return str(path)
 
 
-# --- correctness probes (--checks) ---------------------------------------------------
-
-
-async def _early_leave(kind: str, port: int, tasks: list[str], joins: int, max_delay_s: float) -> int:
-    """Joins abandoned right after the response head (or the subscribe op); returns those made."""
-    import asyncio
-    import random
-
-    from .churngen import Mux
-    from .watchers import HOST, SSE, WS
-
-    loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(20)
-    made = 0
-
-    async def one(task: str) -> None:
-        nonlocal made
-        async with sem:
-            opened = loop.create_future()
-
-            def on_open(proto: Any) -> None:
-                if not opened.done():
-                    opened.set_result(None)
-
-            if kind == "ws":
-                class C(WS):
-                    def on_open(self) -> None:
-                        on_open(self)
-
-                    def on_message(self, payload: Any) -> None:
-                        pass
-                factory: Any = lambda: C(f"/api/v1/tasks/{task}/ws", port)
-            elif kind == "sse":
-                class D(SSE):
-                    def data_received(self, data: bytes) -> None:
-                        super().data_received(data)
-                        if self.open:
-                            on_open(self)
-
-                    def on_event(self, block: Any) -> None:
-                        pass
-                factory = lambda: D(f"/api/v1/tasks/{task}/events", port)
-            else:
-                factory = lambda: Mux("/api/v1/ws", port)
-            try:
-                _, proto = await asyncio.wait_for(loop.create_connection(factory, HOST, port), 10)
-                if not proto.established.done():
-                    proto.established.set_result(None)
-                await asyncio.wait_for(proto.opened if kind == "mux" else opened, 10)
-            except (OSError, TimeoutError, ConnectionError):
-                return
-            if kind == "mux":
-                proto.op(op="subscribe", task_id=task)
-            made += 1
-            await asyncio.sleep(random.random() * max_delay_s)
-            proto.abort()
-
-    await asyncio.gather(*(one(random.choice(tasks)) for _ in range(joins)))
-    return made
-
-
-async def _mux_burst(port: int, tasks: list[str], ops: list[str]) -> int:
-    """Tasks that still deliver events 1-3 s after the `ops` were sent back to back for each."""
-    import asyncio
-    import re as _re
-
-    from .churngen import Mux
-    from .watchers import HOST
-
-    seen: dict[str, int] = {}
-    counting = False
-
-    class Counter(Mux):
-        def on_message(self, payload: Any) -> None:
-            if payload[:6] == b'{"op":':
-                return
-            m = _re.search(rb'"task_id":"([0-9a-f-]{36})"', payload)
-            if m and counting:
-                seen[m.group(1).decode()] = seen.get(m.group(1).decode(), 0) + 1
-
-    loop = asyncio.get_running_loop()
-    _, mux = await loop.create_connection(lambda: Counter("/api/v1/ws", port), HOST, port)
-    await asyncio.wait_for(mux.opened, 10)
-    for t in tasks:
-        for op in ops:
-            mux.op(op=op, task_id=t)
-    await asyncio.sleep(1.0)
-    counting = True
-    await asyncio.sleep(2.0)
-    mux.abort()
-    await asyncio.sleep(0.05)
-    return sum(1 for t in tasks if seen.get(t, 0) > 0)
-
-
-def run_checks(args: argparse.Namespace) -> dict[str, Any]:
-    import asyncio
-
-    out: dict[str, Any] = {"early_leave": [], "mux_bursts": []}
-    with Stack() as stack:
-        stack.start_redis()
-        url, api = stack.add_api(name="api", src=args.api_src)
-        port = int(url.rsplit(":", 1)[1])
-        for kind in ("ws", "sse", "mux"):
-            tasks = make_tasks(stack.redis_url, 50)  # fresh tasks: no other watcher holds their channels
-            made = asyncio.run(_early_leave(kind, port, tasks, args.check_joins, 0.010))
-            time.sleep(2.0)
-            m = metrics(port)
-            row = {"check": "early leave", "kind": kind, "joins": made,
-                   "watches_left": m.get("livepix_watches"), "watched_tasks_left": m.get("livepix_watched_tasks"),
-                   "loadavg": loadavg()}
-            out["early_leave"].append(row)
-            print(table([row], list(row)), flush=True)
-            # a fresh api for the next kind: what one leaked must not hide in the next count
-            api.stop()
-            url, api = stack.add_api(name=f"api-after-{kind}", src=args.api_src)
-            port = int(url.rsplit(":", 1)[1])
-        tasks = make_tasks(stack.redis_url, 100)
-        publisher = Publisher(stack, tasks, 500, 4 * 4 + 4)
-        publisher.ready()
-        publisher.go()
-        try:
-            for ops in (["subscribe", "unsubscribe"], ["subscribe", "unsubscribe", "subscribe"],
-                        ["subscribe", "unsubscribe", "subscribe", "unsubscribe"],
-                        ["subscribe", "unsubscribe", "subscribe", "unsubscribe", "subscribe"]):
-                delivering = asyncio.run(_mux_burst(port, tasks, ops))
-                expected = len(tasks) if ops[-1] == "subscribe" else 0
-                row = {"check": "mux op burst", "ops": ",".join(o[:-len("scribe")] for o in ops),
-                       "tasks": len(tasks), "delivering": delivering, "expected": expected,
-                       "wrong": abs(expected - delivering)}
-                out["mux_bursts"].append(row)
-                print(table([row], list(row)), flush=True)
-        finally:
-            publisher.stop()
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.churn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -418,17 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-src", default=None, help="run the api from another source tree (A/B)")
     parser.add_argument("--out", default="churn", help="results name: bench/results/<out>.json, docs/bench-<out>.png")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--checks", action="store_true", help="run the correctness probes only (about 20 s)")
-    parser.add_argument("--check-joins", type=int, default=1000, help="--checks: early-leave joins per kind (1000)")
     args = parser.parse_args(argv)
     raise_nofile()
-    if args.checks:
-        started = time.time()
-        checks = run_checks(args)
-        checks["machine"] = machine()
-        checks["wall_s"] = round(time.time() - started, 1)
-        print("results:", save(args.out if args.out != "churn" else "churn-checks", checks), f"({checks['wall_s']} s)")
-        return
     started = time.time()
     info = machine()
     kinds = []

@@ -51,21 +51,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.via == "store":
         import redis
 
-        from actors.recorder import Recorder
         from livepix import store
-        from livepix.config import Settings
+        from livepix.storage import run
 
-        recorder = Recorder(redis.Redis.from_url(args.redis), Settings(redis_url=args.redis), "bench-publisher")
-        recorder.client.ping()
+        client = redis.Redis.from_url(args.redis)
+        client.ping()
+        opts = store.Options(ttl_s=3600)
 
         def publish(task: str, i: int) -> tuple[int, float]:
             step = i % total + 1
             t_pub = round(time.time(), 6)
-            call = store.progress(task, 2 * step - 1, f"Denoising step {step}/{total}", 3600,
-                                  step=step, total=total, eta_s=round((total - step) * 0.2, 1), t_pub=t_pub,
-                                  preview=preview)
-            seq, _cancel = recorder._run(call)
-            return int(seq), t_pub
+            seq, _cancel = run(client, store.progress(
+                opts, task, 2 * step - 1, f"Denoising step {step}/{total}", step=step, total=total,
+                eta_s=round((total - step) * 0.2, 1), t_pub=t_pub, preview=preview,
+            ))
+            return seq, t_pub
     else:
         import socketio
 

@@ -135,33 +135,24 @@ class Stack:
 
 
 def make_tasks(redis_url: str, count: int, processing: bool = True) -> list[str]:
-    """Create `count` tasks with the real `submit` script (not enqueued: no worker takes
-    them). With `processing`, one `progress` event makes each PROCESSING, so that the
-    api's upkeep no longer counts them as waiting. Owner "" = the anonymous caller."""
-    import inspect
-
+    """Create `count` tasks with the real store operations (their messages wait: no
+    benchmark that uses these tasks runs a gpu worker). With `processing`, one
+    `progress` event makes each PROCESSING, so that the api's upkeep no longer counts
+    them as waiting. Owner "" = the anonymous caller."""
+    from livepix.storage import run
     from livepix.wire import TaskType, actor_name
 
-    # the submit script may also enqueue the Dramatiq message (then it needs the actor);
-    # no benchmark that uses these tasks runs a gpu worker, so the message just waits
-    params = inspect.signature(store.submit).parameters
-    submit_extra = {"actor": actor_name(TaskType.IMAGE_GENERATION)} if "actor" in params else {}
+    opts = store.Options(ttl_s=3600)
     client = redis.Redis.from_url(redis_url)
-    scripts = {name: client.register_script(src) for name, src in store.SCRIPTS.items()}
     ids = []
-    pipe = client.pipeline(transaction=False)
     for _ in range(count):
         task_id = str(uuid.uuid4())
         ids.append(task_id)
-        call = store.submit(task_id, "image_generation", "gpu", "", dumps({"task_type": "image_generation",
-                            "prompt": "bench"}), 3600, 10_000_000, **submit_extra)
-        scripts["submit"](keys=call.keys, args=call.args, client=pipe)
+        run(client, store.submit(opts, task_id, "image_generation", "gpu", "",
+                                 dumps({"task_type": "image_generation", "prompt": "bench"}), 10_000_000,
+                                 actor_name(TaskType.IMAGE_GENERATION)))
         if processing:
-            call = store.progress(task_id, 1, "Warming up", 3600)
-            scripts["progress"](keys=call.keys, args=call.args, client=pipe)
-        if len(pipe) >= 500:
-            pipe.execute()
-    pipe.execute()
+            run(client, store.progress(opts, task_id, 1, "Warming up"))
     client.close()
     return ids
 

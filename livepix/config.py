@@ -29,6 +29,7 @@ class Settings:
     """
 
     redis_url: str | None = None
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = field(default_factory=_default_data_dir)
@@ -64,9 +65,17 @@ class Settings:
     def model_dir(self) -> Path:
         return Path(self.data_dir) / "models"
 
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a cluster (`LIVEPIX_REDIS_CLUSTER` or a `+cluster` URL scheme)."""
+        from .storage import is_cluster
+
+        return bool(self.redis_url) and is_cluster(self.redis_url or "", self.redis_cluster)
+
 
 ENV: dict[str, tuple[str, str]] = {
     "redis_url": ("REDIS_URL", "external Redis URL; unset = embedded Redis started by `livepix serve`"),
+    "redis_cluster": ("LIVEPIX_REDIS_CLUSTER", "1 = REDIS_URL names a node of a Redis Cluster (so does a redis+cluster:// URL)"),
     "host": ("LIVEPIX_HOST", "api bind address (127.0.0.1)"),
     "port": ("LIVEPIX_PORT", "api port (8000)"),
     "data_dir": ("LIVEPIX_DATA_DIR", "embedded Redis data and model cache (~/.local/share/livepix)"),
@@ -96,6 +105,9 @@ ENV: dict[str, tuple[str, str]] = {
 }
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
     """Build `Settings` from the environment, falling back to a `.env` file, then defaults."""
     values: dict[str, str] = {}
@@ -111,7 +123,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
             continue
         raw = raw.strip()
         try:
-            if f.type == "int":
+            if f.type == "bool":
+                if raw.lower() not in _BOOLS:
+                    raise ValueError(raw)
+                kwargs[f.name] = _BOOLS[raw.lower()]
+            elif f.type == "int":
                 kwargs[f.name] = int(raw)
             elif f.type == "float":
                 kwargs[f.name] = float(raw)

@@ -97,10 +97,12 @@ class TaskError(TypedDict):
 
 
 class TaskResult(TypedDict):
-    """The `result` object of GET result and of a `succeeded` event."""
+    """The `result` object of GET result and of a `succeeded` event. The store keeps it
+    without `image_data`; the api adds it (or `image_url`) on the way out."""
 
     status: str
-    image_data: str  # base64 PNG
+    image_data: NotRequired[str]  # base64 PNG
+    image_url: NotRequired[str]  # instead of image_data, for clients asking inline=0
     metadata: dict[str, Any]
     prompt_used: NotRequired[str]
 
@@ -122,6 +124,7 @@ class Event(TypedDict):
     step: NotRequired[int]
     total: NotRequired[int]
     preview: NotRequired[str]
+    replaces: NotRequired[list[int]]  # set per client by the api when it coalesced progress
     result: NotRequired[TaskResult]
     error: NotRequired[TaskError]
 
@@ -136,17 +139,9 @@ EVENT_STATUS: dict[EventType, Status] = {
 }
 
 
-def event_body(
-    task_id: str,
-    type: EventType,
-    progress: int,
-    message: str,
-    **extra: Any,
-) -> str:
-    """Serialize an event without its `seq`: the store inserts `seq` atomically.
-
-    The body is a JSON object; the store prepends `"seq":N,` after its `{`.
-    """
+def _body(task_id: str, type: EventType, progress: int, message: str, **extra: Any) -> str:
+    """The one builder of an event's JSON, without its `seq`: the store inserts `seq`
+    atomically (it prepends `"seq":N,` after the `{`). Fields that are None are left out."""
     event: dict[str, Any] = {
         "task_id": task_id,
         "type": type.value,
@@ -157,6 +152,46 @@ def event_body(
     }
     event.update({k: v for k, v in extra.items() if v is not None})
     return dumps(event)
+
+
+def queued_body(task_id: str, position: int, eta_s: float | None) -> str:
+    """`queued`: the task waits at `position` of its queue; done in about `eta_s`."""
+    return _body(task_id, EventType.QUEUED, 0, f"Queued at position {position}", position=position,
+                 eta_s=None if eta_s is None else round(eta_s, 1))
+
+
+def started_body(task_id: str, worker: str, queue: str) -> str:
+    """`started`: a worker took the task (again, after its last worker died)."""
+    return _body(task_id, EventType.STARTED, 0, "Started", worker=worker, queue=queue)
+
+
+def progress_body(
+    task_id: str,
+    percent: int,
+    message: str,
+    *,
+    step: int | None = None,
+    total: int | None = None,
+    eta_s: float | None = None,
+    **extra: Any,
+) -> str:
+    """`progress`, without its preview: the store adds the preview to what it publishes
+    and keeps only the latest one (SPEC section 4)."""
+    return _body(task_id, EventType.PROGRESS, percent, message, step=step, total=total, eta_s=eta_s, **extra)
+
+
+def succeeded_body(task_id: str, message: str, result: TaskResult) -> str:
+    """`succeeded`, its result without the image: the store keeps the PNG bytes once,
+    and the api encodes them on the way out."""
+    return _body(task_id, EventType.SUCCEEDED, 100, message, result=result)
+
+
+def failed_body(task_id: str, message: str, error: TaskError, progress: int = 0) -> str:
+    return _body(task_id, EventType.FAILED, progress, message, error=error)
+
+
+def cancelled_body(task_id: str) -> str:
+    return _body(task_id, EventType.CANCELLED, 0, "Cancelled")
 
 
 def dumps(obj: Any) -> str:
@@ -182,8 +217,14 @@ def log_key(task_id: str) -> str:
 
 
 def input_key(task_id: str) -> str:
-    """String: the task's validated request as JSON (images as base64)."""
+    """String: the task's validated request as JSON (images as base64), deleted when the
+    task ends."""
     return f"{KEY_PREFIX}:task:{{{task_id}}}:input"
+
+
+def result_key(task_id: str) -> str:
+    """List: the task's output images, raw PNG bytes, one per output."""
+    return f"{KEY_PREFIX}:task:{{{task_id}}}:result"
 
 
 def channel(task_id: str) -> str:
@@ -231,9 +272,9 @@ def upkeep_lease_key() -> str:
     return f"{KEY_PREFIX}:upkeep:lease"
 
 
-def order_key() -> str:
-    """Counter giving each submitted task its place in its queue."""
-    return f"{KEY_PREFIX}:order"
+def deadlines_key() -> str:
+    """Sorted set: task id -> the time its `deadline_s` runs out (the upkeep ends it)."""
+    return f"{KEY_PREFIX}:deadlines"
 
 
 MAX_SEQ = 2**63 - 1  # Redis list indexes are signed 64-bit: a larger `since` is an error there

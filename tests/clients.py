@@ -16,10 +16,14 @@ from PIL import Image
 API = "/api/v1"
 
 
-def png_b64(image: Image.Image) -> str:
+def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_b64(image: Image.Image) -> str:
+    return base64.b64encode(png(image)).decode()
 
 
 def two_tone(width: int = 96, height: int = 64) -> Image.Image:

@@ -68,8 +68,10 @@ class Stack:
         args = ["worker", "--queues", queues, "--threads", str(threads)]
         proc = livepix_child(name, args, self.env, log_path=self.log_dir / f"{name}.log").start()
         self.processes.append(proc)
+        # all the workers started so far, though a test may have killed some: only the new
+        # one is watched for an early exit
         workers = [p for p in self.processes if p.name.startswith("worker")]
-        wait_workers(self.redis_url, len(workers), workers)
+        wait_workers(self.redis_url, len(workers), [proc])
         return proc
 
     @property

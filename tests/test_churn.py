@@ -17,13 +17,14 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from livepix import store
-from livepix.wire import dumps
-from tests.clients import API, metric, ws_url
+from actors.recorder import Recorder
+from livepix.config import Settings
+from tests.clients import API, metric, png_b64, submit, two_tone, ws_url
 from tests.conftest import RedisServer, Stack, fresh_stack
 
 TASKS = 40
 JOINS = 300
+TASK = {"task_type": "background_removal", "image": png_b64(two_tone())}
 
 
 @pytest.fixture
@@ -37,31 +38,21 @@ def api(redis_server: RedisServer, data_dir: Path, tmp_path: Path) -> Iterator[S
         stack.stop()
 
 
-def waiting_tasks(stack: Stack, count: int) -> list[str]:
-    """Tasks made with the real submit and start scripts, then left running."""
-    client = redis.Redis.from_url(stack.redis_url)
-    scripts = {name: client.register_script(source) for name, source in store.SCRIPTS.items()}
-    ids = []
-    for i in range(count):
-        task_id = f"00000000-0000-4000-8000-{i:012d}"
-        for call in (
-            store.submit(task_id, "background_removal", "cpu", "", dumps({"task_type": "background_removal"}),
-                         600, 1_000_000, "process_background_removal"),
-            store.start(task_id, "cpu", "churn-test", 3, 600),
-        ):
-            scripts[call.script](keys=call.keys, args=call.args)
-        ids.append(task_id)
-    client.close()
+def running_tasks(stack: Stack, count: int) -> list[str]:
+    """Tasks submitted through the api, then started by the real recorder and left running."""
+    recorder = Recorder(redis.Redis.from_url(stack.redis_url), Settings(redis_url=stack.redis_url), "churn-test")
+    ids = [submit(stack.url, TASK) for _ in range(count)]
+    for task_id in ids:
+        assert recorder.start(task_id, "cpu") > 0
+    recorder.client.close()
     return ids
 
 
 def publish_progress(stack: Stack, tasks: list[str], percent: int) -> None:
-    client = redis.Redis.from_url(stack.redis_url)
-    script = client.register_script(store.SCRIPTS["progress"])
+    recorder = Recorder(redis.Redis.from_url(stack.redis_url), Settings(redis_url=stack.redis_url), "churn-test")
     for task_id in tasks:
-        call = store.progress(task_id, percent, "churning", 600)
-        script(keys=call.keys, args=call.args)
-    client.close()
+        recorder.progress(task_id, percent, "churning")
+    recorder.client.close()
 
 
 async def _join_and_leave(base: str, kind: str, task_id: str) -> bool:
@@ -87,7 +78,7 @@ async def _join_and_leave(base: str, kind: str, task_id: str) -> bool:
 
 @pytest.mark.parametrize("kind", ["sse", "ws", "mux"])
 def test_joins_abandoned_at_once_leave_no_watch_behind(api: Stack, kind: str) -> None:
-    tasks = waiting_tasks(api, TASKS)
+    tasks = running_tasks(api, TASKS)
 
     async def main() -> int:
         limit = asyncio.Semaphore(20)
@@ -118,7 +109,7 @@ OP_BURSTS = [
 
 @pytest.mark.parametrize("ops", OP_BURSTS, ids=lambda ops: ",".join(op[:-6] or "sub" for op in ops))
 def test_a_burst_of_subscribe_and_unsubscribe_ends_as_its_last_op_says(api: Stack, ops: list[str]) -> None:
-    tasks = waiting_tasks(api, TASKS)
+    tasks = running_tasks(api, TASKS)
     expected = set(tasks) if ops[-1] == "subscribe" else set()
 
     async def main() -> set[str]:

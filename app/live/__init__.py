@@ -22,7 +22,7 @@ from typing import Protocol
 from starlette.types import Scope
 
 from .frame import Frame
-from .hub import Hub, ReadLog, Subscriptions
+from .hub import CompleteResult, Hub, ReadLog, Subscriptions
 from .keepalive import Keepalive
 from .outbox import Outbox
 from .outlets import Ending, MuxOutlet, Outlet, SseOutlet, Transport, WsOutlet
@@ -62,9 +62,10 @@ class Live:
     transports: Transports
 
     @classmethod
-    def create(cls, redis_url: str, read_log: ReadLog, keepalive_s: int,
-               transports: Transports | None = None) -> Live:
-        return cls(Hub(redis_url, read_log), Stalls(), Keepalive(keepalive_s), transports or NoTransports())
+    def create(cls, redis_url: str, cluster: bool, read_log: ReadLog, complete_result: CompleteResult,
+               keepalive_s: int, transports: Transports | None = None) -> Live:
+        hub = Hub(redis_url, read_log, complete_result)
+        return cls(hub, Stalls(), Keepalive(keepalive_s), transports or NoTransports())
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -38,7 +38,8 @@ HEARTBEAT_S = 5.0  # silence after which the hub pings Redis; no pong in as long
 SUBSCRIBE_TIMEOUT_S = 3.0
 RECONNECT_MAX_DELAY_S = 1.0
 
-ReadLog = Callable[[str, int], Awaitable[list[str]]]
+ReadLog = Callable[[str, int], Awaitable[list[str]]]  # (task id, since) -> events as clients get them
+CompleteResult = Callable[[str, str], Awaitable[str]]  # (task id, a succeeded event) -> with its images
 
 
 @dataclass(eq=False)
@@ -52,9 +53,10 @@ class _Channel:
 class Hub:
     """Fans task events out from Redis to local outboxes."""
 
-    def __init__(self, redis_url: str, read_log: ReadLog) -> None:
+    def __init__(self, redis_url: str, read_log: ReadLog, complete_result: CompleteResult) -> None:
         self._url = redis_url
         self._read_log = read_log
+        self._complete_result = complete_result
         self._channels: dict[str, _Channel] = {}
         self._acks: dict[str, deque[asyncio.Future[None] | None]] = {}
         self._pubsub: aioredis.client.PubSub | None = None
@@ -224,7 +226,12 @@ class Hub:
             if ch is None:
                 return
             data = message["data"]
-            frame = Frame.parse(data.decode() if isinstance(data, bytes) else str(data))
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            frame = Frame.parse(text)
+            if frame.terminal and frame.event is not None and "result" in frame.event:
+                # The store publishes a success without its images (it keeps the PNG
+                # bytes once): they are read once here, for every watcher of the task.
+                frame = Frame.parse(await self._complete_result(frame.task_id, text))
             self.messages += 1
             if ch.held is not None:
                 ch.held.append(frame)

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,10 +16,11 @@ import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from livepix import store
+from actors.recorder import Recorder
+from livepix.config import Settings
 from livepix.wire import EventType, TaskResult
 from tests.chaos.test_bad_input import assert_json_error
-from tests.clients import API, png_b64, submit, two_tone, ws_url
+from tests.clients import API, png, png_b64, submit, two_tone, ws_url
 from tests.conftest import RedisServer, Stack, fresh_stack
 
 TASK = {"task_type": "background_removal", "image": png_b64(two_tone())}
@@ -38,21 +38,17 @@ def idle(redis_server: RedisServer, data_dir: Path, tmp_path_factory: pytest.Tem
 
 
 def run_to_the_end(stack: Stack, task_id: str, steps: int) -> int:
-    """Play a worker through the store scripts it runs: started, `steps` progress
-    events, succeeded. Returns the task's last seq."""
-    client = redis.Redis.from_url(stack.redis_url)
+    """Play a worker through the real recorder: started, `steps` progress events,
+    succeeded. Returns the task's last seq."""
+    recorder = Recorder(redis.Redis.from_url(stack.redis_url), Settings(redis_url=stack.redis_url), "hostile-test")
     try:
-        def run(call: store.ScriptCall) -> Any:
-            return client.register_script(store.SCRIPTS[call.script])(keys=call.keys, args=call.args)
-
-        ttl = 600
-        run(store.start(task_id, "cpu", "hostile-test", 3, ttl))
+        assert recorder.start(task_id, "cpu") > 0
         for step in range(1, steps + 1):
-            run(store.progress(task_id, step * 10, f"step {step}", ttl, step=step, total=steps))
-        result = TaskResult(status="SUCCESS", image_data=png_b64(two_tone(8, 8)), metadata={})
-        return int(run(store.finish(task_id, "cpu", EventType.SUCCEEDED, "Done", ttl, result=result)))
+            recorder.progress(task_id, step * 10, f"step {step}", step=step, total=steps)
+        return recorder.finish(task_id, "cpu", EventType.SUCCEEDED, "Done",
+                               result=TaskResult(status="SUCCESS", metadata={}), images=[png(two_tone(8, 8))])
     finally:
-        client.close()
+        recorder.client.close()
 
 
 @pytest.mark.parametrize("origin", ["http://[", "http://[::1", "http://[::1:80/"])

@@ -42,7 +42,10 @@ def hub_with(watches: list[Outbox]) -> tuple[Hub, _Channel]:
     async def no_log(task_id: str, since: int) -> list[str]:
         return []
 
-    hub = Hub("redis://unused", no_log)
+    async def as_is(task_id: str, text: str) -> str:
+        return text
+
+    hub = Hub("redis://unused", no_log, as_is)
     ch = hub._channels[channel(TASK)] = _Channel(TASK)
     for watch in watches:
         ch.outboxes.add(watch)

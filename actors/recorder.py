@@ -23,6 +23,8 @@ from .errors import TaskCancelledError, TaskFailedError, TaskTimeoutError
 
 log = logging.getLogger(__name__)
 
+# A worker rides out a Redis failover or restart: its writes are retried this long.
+STORE_RETRY_S = 30.0
 PREVIEW_INTERVAL_S = 0.5
 # After a preview that took t seconds (a TAESD on a CPU: ~0.25 s), the next waits at
 # least PREVIEW_COST_FACTOR * t: previews take at most a tenth of a task's time.
@@ -43,7 +45,8 @@ class Recorder:
 
     def start(self, task_id: str, queue: str) -> int:
         """See `store.start`: a positive seq means the task is ours to run."""
-        started = run(self.client, store.start(self.opts, task_id, queue, self.worker_id, self.settings.max_attempts))
+        started = run(self.client, store.start(self.opts, task_id, queue, self.worker_id, self.settings.max_attempts),
+                      STORE_RETRY_S)
         if started.seq > 0 and started.deadline is not None:
             self._deadlines[task_id] = started.deadline
         return started.seq
@@ -61,7 +64,7 @@ class Recorder:
         deadline = self._deadlines.get(task_id)
         if deadline is not None and time.time() >= deadline:
             raise TaskTimeoutError(task_id)
-        seq, cancel = run(self.client, store.progress(self.opts, task_id, percent, message, **extra))
+        seq, cancel = run(self.client, store.progress(self.opts, task_id, percent, message, **extra), STORE_RETRY_S)
         if cancel == "timeout":
             raise TaskTimeoutError(task_id)
         if cancel or seq <= 0:
@@ -81,7 +84,7 @@ class Recorder:
         self._deadlines.pop(task_id, None)
         return run(self.client, store.finish(
             self.opts, task_id, queue, type, message, result=result, images=images, error=error,
-        ))
+        ), STORE_RETRY_S)
 
     def heartbeat(self, key: str, member: str, score: float) -> None:
         self.client.zadd(key, {member: score})

@@ -18,12 +18,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from livepix.config import Settings, load_settings
-from livepix.storage import async_client
+from livepix.storage import ClusterNodes, OneNode, async_client
 
 from . import routes
 from .auth import Authenticator, AuthMiddleware
 from .errors import EXCEPTION_HANDLERS, NotFoundError
-from .live import Live
+from .live import Live, Topology
 from .metrics import metrics
 from .mux import mux_ws
 from .openapi import openapi
@@ -103,8 +103,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = async_client(redis_url, settings.cluster, decode_responses=True, **options)
         binary = async_client(redis_url, settings.cluster, **options)
         tasks = TaskService(client, binary, settings)
-        live = Live.create(redis_url, settings.cluster, tasks.read_log, tasks.complete_result,
-                           settings.sse_keepalive_s, getattr(app.state, "transports", None))
+        if settings.cluster:
+            # Both learn every node now: the hub places channels by the slot map, and a
+            # client first used after its URL's node died could reach no node at all.
+            await client.initialize()
+            await binary.initialize()
+            topology: Topology = ClusterNodes(client, redis_url)
+        else:
+            topology = OneNode(redis_url)
+        live = Live.create(topology, tasks.read_log, tasks.complete_result, settings.sse_keepalive_s,
+                           getattr(app.state, "transports", None))
         upkeep = Upkeep(tasks)
         app.state.settings = settings
         app.state.auth = authenticator

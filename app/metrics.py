@@ -40,11 +40,13 @@ class _Snapshot:
 
     def collect(self) -> Iterator[Metric]:
         hub = self.live.hub
-        yield GaugeMetricFamily("livepix_hub_connected", "1 while the hub's pub/sub connection is up",
-                                value=int(hub.connected.is_set()))
+        yield GaugeMetricFamily("livepix_hub_connected", "1 while every pub/sub connection the hub needs is up",
+                                value=int(hub.connected))
         yield CounterMetricFamily("livepix_hub_reconnects", "pub/sub reconnects", value=hub.reconnects)
         yield CounterMetricFamily("livepix_hub_messages", "events received from Redis", value=hub.messages)
         yield CounterMetricFamily("livepix_hub_deliveries", "events offered to outboxes", value=hub.offered)
+        yield CounterMetricFamily("livepix_hub_gaps_filled",
+                                  "runs of events pub/sub lost, read from the log instead", value=hub.gaps)
         yield GaugeMetricFamily("livepix_watched_tasks", "tasks with at least one local watcher",
                                 value=hub.watched_tasks)
         yield GaugeMetricFamily("livepix_watches", "local task subscriptions", value=hub.follow_count)

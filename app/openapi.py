@@ -18,7 +18,7 @@ from starlette.responses import Response
 from livepix import wire
 from livepix.wire import ErrorCode, Status, TaskType
 
-from .validation import MAX_BOXES, MAX_PROMPT_CHARS, PARAMETERS
+from .validation import MAX_BOXES, MAX_DEADLINE_S, MAX_PROMPT_CHARS, MIN_DEADLINE_S, PARAMETERS
 
 Schema = dict[str, Any]
 
@@ -140,6 +140,9 @@ def _task_schemas() -> dict[str, Schema]:
                 "task_type": {"const": task_type.value},
                 **{f: _PROMPT if f == "prompt" else _IMAGE for f in fields},
                 "parameters": {"anyOf": [_ref(name + "Parameters"), {"type": "null"}]},
+                "deadline_s": _nullable(_range(MIN_DEADLINE_S, MAX_DEADLINE_S, description=(
+                    "End the task `failed` with `timeout` if it has not finished this many "
+                    "seconds after the submit (a running one stops at its next progress point)."))),
             },
         } | ({"anyOf": any_of} if any_of else {})
     mapping = {t.value: f"#/components/schemas/{_camel(t)}Task" for t in TaskType}
@@ -165,6 +168,7 @@ _SCHEMAS: dict[str, Schema] = {
         image_data=_B64 | {"contentMediaType": "image/png"},
         image_url=_STR | {"description": "Path of result.png, on streams opened with inline=0"},
         prompt_used=_STR, metadata={"type": "object"},
+        images={"type": "array", "items": _B64, "description": "Every output, when a task made several"},
     ) | {"oneOf": [{"required": ["image_data"]}, {"required": ["image_url"]}]},
     "Event": _object(
         ["task_id", "seq", "type", "status", "progress", "message", "ts"],
@@ -176,7 +180,10 @@ _SCHEMAS: dict[str, Schema] = {
         worker=_STR | {"description": "`started`"},
         queue=_enum(wire.Queue, description="`started`"),
         step=_INT | {"description": "`progress`"}, total=_INT | {"description": "`progress`"},
-        preview=_B64 | {"contentMediaType": "image/jpeg", "description": "`progress`, optional"},
+        preview=_B64 | {"contentMediaType": "image/jpeg", "description": "`progress`, optional; "
+                        "live only: a replayed event may come without it"},
+        replaces={"type": "array", "items": _INT, "description": "Seqs this client will not get: "
+                  "progress coalesced (or not queued) for a slow client; never a gap otherwise"},
         result=_ref("TaskResult") | {"description": "`succeeded`"},
         error=_ref("TaskError") | {"description": "`failed`"},
     ),
@@ -277,10 +284,14 @@ _PATHS: dict[str, Schema] = {
         "getTaskResultPng", "tasks", "The result image as bytes", {
             "200": {"description": "The image", "content": {"image/png": {"schema": {}}},
                     "headers": {"Content-Disposition": {"schema": _STR}}},
+            "400": _error("No such image", (ErrorCode.INVALID_INPUT, "Invalid input"),
+                          details={"index": ["the task has no image 3"]}),
             "404": _404,
             "409": _error("Not finished yet, or ended without a result", _NOT_READY,
                           (ErrorCode.NO_RESULT, "The task ended FAILURE without a result")),
-            "503": _503})},
+            "503": _503},
+        parameters=[{"name": "index", "in": "query", "schema": _INT | {"minimum": 0, "maximum": 999, "default": 0},
+                     "description": "Which output, for a task that made several."}])},
     TASK + "/events": {"parameters": [_TASK_ID], "get": _op(
         "streamTaskEvents", "streams", "The task's events as Server-Sent Events", {
             "200": {"description": _SSE, "content": {"text/event-stream": {"schema": _STR}}},

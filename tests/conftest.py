@@ -151,7 +151,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
-        for name in ("stack", "new_stack", "gpu"):
+        for name in ("stack", "new_stack", "gpu", "on_cluster"):
             s = item.funcargs.get(name) if hasattr(item, "funcargs") else None  # type: ignore[attr-defined]
             if isinstance(s, Stack):
                 report.sections.append((f"{name} logs", s.logs()))

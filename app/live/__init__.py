@@ -22,7 +22,7 @@ from typing import Protocol
 from starlette.types import Scope
 
 from .frame import Frame
-from .hub import CompleteResult, Hub, ReadLog, Subscriptions
+from .hub import CompleteResult, Hub, ReadLog, Subscriptions, Topology
 from .keepalive import Keepalive
 from .outbox import Outbox
 from .outlets import Ending, MuxOutlet, Outlet, SseOutlet, Transport, WsOutlet
@@ -30,7 +30,7 @@ from .stalls import Stalls
 
 __all__ = [
     "Ending", "Frame", "Hub", "Live", "MuxOutlet", "Outbox", "Outlet", "SseOutlet",
-    "Subscriptions", "Transport", "Transports", "WsOutlet",
+    "Subscriptions", "Topology", "Transport", "Transports", "WsOutlet",
 ]
 
 
@@ -62,9 +62,9 @@ class Live:
     transports: Transports
 
     @classmethod
-    def create(cls, redis_url: str, cluster: bool, read_log: ReadLog, complete_result: CompleteResult,
+    def create(cls, topology: Topology, read_log: ReadLog, complete_result: CompleteResult,
                keepalive_s: int, transports: Transports | None = None) -> Live:
-        hub = Hub(redis_url, read_log, complete_result)
+        hub = Hub(topology, read_log, complete_result)
         return cls(hub, Stalls(), Keepalive(keepalive_s), transports or NoTransports())
 
     @asynccontextmanager

@@ -136,7 +136,7 @@ def test_events_pub_sub_lost_are_read_from_the_log_before_the_next_one() -> None
     async def main() -> None:
         log: list[tuple[Outbox, int]] = []
         watches = [Recording(log) for _ in range(3)]
-        hub, ch = hub_with(list(watches))
+        hub, _ = hub_with(list(watches))
         reads: list[int] = []
 
         async def read_log(task_id: str, since: int) -> list[str]:

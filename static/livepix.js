@@ -470,7 +470,7 @@ class Mux {
     this.sent.clear();
     for (const held of this.unclaimed.values()) clearTimeout(held.timer);
     this.unclaimed.clear(); // a new socket is not subscribed to them: a watch subscribes
-    if (socket && socket.readyState !== WebSocket.CLOSED) socket.close(4000);
+    if (socket && socket.readyState !== WebSocket.CLOSED) socket.close(1000);
     if (code === 1009) this.frameLimit = Math.min(this.frameLimit, 32 * 1024);
     for (const [requestId, submit] of this.pending) { // nothing answered: submit again, same key
       this.pending.delete(requestId);
@@ -614,7 +614,9 @@ class Mux {
         submit.reject(new LivepixError(message.code, message.error || message.code, { details: message.details }));
         return;
       }
-      const { op, request_id: _, ...answer } = message; // eslint-disable-line no-unused-vars
+      const answer = { ...message };
+      delete answer.op;
+      delete answer.request_id;
       this.hold(answer.task_id);
       submit.resolve(answer);
     } else if (message.op === 'error' && message.task_id && this.feeds.has(message.task_id)) {

@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -129,9 +130,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await client.aclose()
         await binary.aclose()
 
+    middleware = [Middleware(AuthMiddleware, authenticator=authenticator)]
+    if settings.allowed_origins:
+        # The Origins that may open WebSockets may also call the HTTP API and import
+        # static/livepix.js (module scripts are fetched with CORS). No cookies: keys travel
+        # in `Authorization` or `?token=`. Outside the auth: preflights carry no key.
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
+        middleware.insert(0, cors)
     return Starlette(
         routes=build_routes(),
-        middleware=[Middleware(AuthMiddleware, authenticator=authenticator)],
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

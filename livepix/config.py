@@ -84,7 +84,7 @@ ENV: dict[str, tuple[str, str]] = {
     "max_image_pixels": ("LIVEPIX_MAX_IMAGE_PIXELS", "largest accepted image, pixels (16000000)"),
     "max_image_side": ("LIVEPIX_MAX_IMAGE_SIDE", "largest accepted image side, pixels (4096)"),
     "api_keys": ("LIVEPIX_API_KEYS", "comma-separated API keys; unset = no auth"),
-    "allowed_origins": ("LIVEPIX_ALLOWED_ORIGINS", "extra Origins allowed to open WebSockets (* = any)"),
+    "allowed_origins": ("LIVEPIX_ALLOWED_ORIGINS", "extra Origins allowed to open WebSockets and use the API from a page (CORS) (* = any)"),
     "max_queued_per_owner": ("LIVEPIX_MAX_QUEUED_PER_OWNER", "waiting tasks one owner may have (1000)"),
     "device": ("LIVEPIX_DEVICE", "auto, cpu, cuda, cuda:N (auto)"),
     "txt2img_model": ("LIVEPIX_TXT2IMG_MODEL", "diffusers model id or local dir"),

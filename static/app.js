@@ -1,26 +1,17 @@
 // livepix browser UI: submit tasks and watch their live progress. Plain ES module, no build.
 //
-// Transport: ONE multiplexed WebSocket per page (/api/v1/ws). While it is down it is
-// reopened with exponential backoff (max 10 s), and every unfinished task is re-subscribed
-// with `since` = the last seq seen for it, so no event is lost or shown twice. If the
-// WebSocket cannot connect at all, tasks are submitted with POST /tasks/submit/ and each
-// unfinished task is watched with an EventSource on /tasks/{id}/events?since=<last seq>.
-//
-// Auth: with LIVEPIX_API_KEYS, fetch calls send `Authorization: Bearer <key>`. WebSocket
-// and EventSource cannot send headers: a task's EventSource uses the read-only,
-// task-scoped `stream_token` its submit returned (kept with the task); the multiplexed
-// WebSocket, which submits and cancels too, gets `?token=<key>`.
+// All talk with the server goes through livepix.js, the public browser client: one
+// multiplexed WebSocket per page, re-opened with backoff and resuming every task from its
+// last seq, an EventSource per task when WebSockets do not get through, submits over the
+// socket or (big images) over HTTP. This file is the page: the form, the task cards, and
+// the task list kept in localStorage so that a reload picks up where it left off.
 
-const API = '/api/v1';
+import { LivepixClient } from './livepix.js';
+
 const TERMINAL = new Set(['SUCCESS', 'FAILURE', 'REVOKED']);
-const EVENT_TYPES = ['queued', 'started', 'progress', 'succeeded', 'failed', 'cancelled'];
 const TTL_MS = 60 * 60 * 1000; // the server keeps events and results for 1 hour
 const STORE = 'livepix.tasks';
 const KEY_STORE = 'livepix.apiKey';
-const MAX_BACKOFF_MS = 10000;
-// `livepix serve` caps WebSocket messages at 64 KiB, so a submit carrying images goes over
-// HTTP instead (the new task is then subscribed on the WebSocket as usual).
-let wsFrameLimit = 60 * 1024;
 
 const TYPE_LABELS = {
   image_generation: 'Image generation', face_swap: 'Face swap', style_transfer: 'Style transfer',
@@ -41,33 +32,30 @@ const FIELD_LABELS = {
   image: 'Image', target_image: 'Target picture', mask: 'Mask', prompt: 'Prompt',
   'parameters.style': 'Style', task_type: 'Task type', non_field_errors: '',
 };
+const CONNECTION = { // the client's connection states, as the header shows them
+  idle: ['connecting', () => 'Connecting…'],
+  connecting: ['connecting', () => 'Connecting…'],
+  live: ['live', () => 'Live'],
+  reconnecting: ['down', (s) => `Reconnecting in ${Math.round(s.retryInMs / 1000)} s…`],
+  fallback: ['fallback', () => 'WebSocket unavailable: using HTTP streams'],
+  unauthorized: ['down', () => 'Unauthorized: check the API key'],
+  closed: ['down', () => 'Closed'],
+};
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const make = (tag, textContent = '') => Object.assign(document.createElement(tag), { textContent });
 const form = $('#task-form');
 const list = $('#task-list');
 const tasks = new Map(); // task id -> task (newest card first in the list)
-const pending = new Map(); // request_id -> {task, type} of a WS submit awaiting its answer
-
-// --- HTTP -------------------------------------------------------------------------------
 
 const apiKey = () => localStorage.getItem(KEY_STORE) || '';
 
-function withToken(url) {
-  const key = apiKey();
-  return key ? `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(key)}` : url;
+function setConn(state) {
+  const [look, text] = CONNECTION[state.state] || CONNECTION.connecting;
+  Object.assign($('#conn'), { textContent: text(state) }).dataset.state = look;
 }
 
-function api(path, options = {}) {
-  const headers = { ...(options.headers || {}) };
-  if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
-  if (options.body) headers['Content-Type'] = 'application/json';
-  return fetch(API + path, { ...options, headers });
-}
-
-async function jsonOf(response) {
-  try { return await response.json(); } catch { return { error: `The server answered ${response.status}` }; }
-}
+const client = new LivepixClient({ apiKey: apiKey(), onConnection: setConn });
 
 // --- Task list and local storage --------------------------------------------------------
 
@@ -96,14 +84,14 @@ function restore() {
   stored().filter((t) => now - t.created < TTL_MS)
     .sort((a, b) => a.created - b.created)
     // lastSeq starts at 0: the card is rebuilt from the task's history, final result included.
-    .forEach((t) => { addTask(t.id, t.type, t.created, 'UNKNOWN').token = t.token; });
+    .forEach((t) => follow(addTask(t.id, t.type, t.created, 'UNKNOWN', t.token)));
   save();
 }
 
-function addTask(id, type, created = Date.now(), status = 'PENDING') {
+function addTask(id, type, created = Date.now(), status = 'PENDING', token = undefined) {
   if (tasks.has(id)) return tasks.get(id);
   const el = $('#card-tpl').content.firstElementChild.cloneNode(true);
-  const t = { id, type, created, status, lastSeq: 0, progress: 0, message: '', el, es: null, retryMs: 1000 };
+  const t = { id, type, created, status, token, lastSeq: 0, progress: 0, message: '', el, watch: null };
   tasks.set(id, t);
   list.prepend(el);
   $('.type', el).textContent = TYPE_LABELS[type] || type;
@@ -119,10 +107,19 @@ function addTask(id, type, created = Date.now(), status = 'PENDING') {
   return t;
 }
 
+// Watches the task from the start: the card is built from its whole history.
+function follow(t) {
+  if (t.watch || TERMINAL.has(t.status)) return;
+  t.watch = client.watch(t.id, {
+    token: t.token,
+    onEvent,
+    onError: (error) => { t.watch = null; taskError(t, error); },
+  });
+}
+
 function forget(t) {
   if (!tasks.has(t.id)) return;
-  if (wsOpen && !TERMINAL.has(t.status)) send({ op: 'unsubscribe', task_id: t.id });
-  closeSse(t);
+  if (t.watch) t.watch.close();
   tasks.delete(t.id);
   forgotten.add(t.id);
   t.el.remove();
@@ -134,7 +131,6 @@ function setSrc(img, url) {
   if (img.getAttribute('src') !== url) img.src = url;
   img.hidden = !url;
 }
-
 function render(t) {
   const el = t.el;
   const done = TERMINAL.has(t.status);
@@ -176,11 +172,11 @@ function render(t) {
   $('#empty').hidden = tasks.size > 0;
 }
 
+// One event of a task, from its watch: delivered once each, in order.
 function onEvent(ev) {
   const t = tasks.get(ev.task_id);
-  if (!t || !(ev.seq > t.lastSeq)) return; // defensive: never apply an event twice
+  if (!t) return;
   t.lastSeq = ev.seq;
-  t.retryMs = 1000;
   if (ev.status) t.status = ev.status;
   if (typeof ev.progress === 'number') t.progress = ev.progress;
   if (ev.message != null) t.message = ev.message;
@@ -195,84 +191,9 @@ function onEvent(ev) {
     case 'failed': t.error = ev.error || { code: 'engine_error', message: ev.message }; break;
     default: break;
   }
-  if (TERMINAL.has(t.status)) { t.preview = null; t.note = ''; closeSse(t); }
+  if (TERMINAL.has(t.status)) { t.preview = null; t.note = ''; t.watch = null; } // the watch ended
   render(t);
   saveSoon();
-}
-
-// --- The multiplexed WebSocket ------------------------------------------------------------
-
-let ws = null, wsOpen = false, sseMode = false;
-let failedOpens = 0, backoffMs = 500, reconnectTimer = 0;
-
-function setConn(state, text) { Object.assign($('#conn'), { textContent: text }).dataset.state = state; }
-
-function send(message) {
-  if (wsOpen) ws.send(JSON.stringify(message));
-  return wsOpen;
-}
-
-function connect() {
-  clearTimeout(reconnectTimer);
-  if (!sseMode) setConn('connecting', 'Connecting…');
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const sock = new WebSocket(withToken(`${scheme}//${location.host}${API}/ws`));
-  let opened = false;
-  ws = sock;
-  sock.onopen = () => {
-    opened = true; wsOpen = true; failedOpens = 0; backoffMs = 500; sseMode = false;
-    setConn('live', 'Live');
-    for (const t of tasks.values()) { closeSse(t); follow(t); }
-  };
-  sock.onmessage = (e) => {
-    let msg;
-    try { msg = JSON.parse(e.data); } catch { return; }
-    if (msg.op) onOp(msg); else if (msg.task_id && msg.seq) onEvent(msg);
-  };
-  sock.onclose = (e) => {
-    if (ws !== sock) return;
-    ws = null; wsOpen = false;
-    dropPendingSubmits(e.code);
-    // Any close but a deliberate one means "reconnect and resume" (1001, 1012, 4008, 1013...).
-    if (!opened && ++failedOpens >= 2 && !sseMode) maybeFallback();
-    const delay = e.code === 1013 ? Math.max(backoffMs, 5000) : backoffMs;
-    backoffMs = Math.min(backoffMs * 2, MAX_BACKOFF_MS);
-    if (e.code === 1008) setConn('down', 'Unauthorized: check the API key');
-    else if (sseMode) setConn('fallback', 'WebSocket unavailable: using HTTP streams');
-    else setConn('down', `Reconnecting in ${Math.round(delay / 1000)} s…`);
-    reconnectTimer = setTimeout(connect, delay + Math.random() * 300);
-  };
-}
-
-function reconnectNow() {
-  const old = ws;
-  ws = null; wsOpen = false; backoffMs = 500;
-  if (old) old.close(1000);
-  connect();
-}
-
-function follow(t) {
-  if (TERMINAL.has(t.status)) return;
-  if (wsOpen) send({ op: 'subscribe', task_id: t.id, since: t.lastSeq });
-  else if (sseMode) openSse(t);
-}
-
-function onOp(msg) {
-  if (msg.op === 'submitted' && pending.has(msg.request_id)) {
-    const { type } = pending.get(msg.request_id);
-    pending.delete(msg.request_id);
-    submitted(msg.task_id, type, msg.position, msg.stream_token); // the server subscribed this socket to it
-  } else if (msg.op === 'error') {
-    if (msg.request_id != null && pending.has(msg.request_id)) {
-      pending.delete(msg.request_id);
-      showErrors(msg);
-      submitBusy(false);
-    } else if (msg.task_id && tasks.has(msg.task_id)) {
-      taskError(tasks.get(msg.task_id), msg);
-    }
-  } else if (msg.op === 'cancelled' && tasks.has(msg.task_id)) {
-    cancelAnswered(tasks.get(msg.task_id), msg);
-  }
 }
 
 function cancelAnswered(t, { cancelled, status }) {
@@ -281,84 +202,20 @@ function cancelAnswered(t, { cancelled, status }) {
   render(t);
 }
 
-function taskError(t, msg) {
-  if (msg.code === 'not_found') { forget(t); return; } // expired, or not ours
-  if (msg.code === 'unavailable') { setTimeout(() => follow(t), 2000); return; }
-  t.note = `${msg.error || 'Error'} (${msg.code})`;
+// A watch or a call about the task ended with an error (a LivepixError).
+function taskError(t, error) {
+  if (error.code === 'not_found') { forget(t); return; } // expired, or not ours
+  if (error.code === 'unauthorized') t.note = 'Unauthorized: check the API key.'; // watched again when it changes
+  else if (error.code === 'network_error') t.note = 'Could not reach the server.';
+  else t.note = `${error.message || 'Error'} (${error.code})`;
   render(t);
 }
 
-function dropPendingSubmits(code) {
-  for (const [id, p] of pending) {
-    pending.delete(id);
-    if (code === 1009) { // refused as too big: nothing was created, so send it over HTTP
-      wsFrameLimit = Math.min(wsFrameLimit, 32 * 1024);
-      submitHttp(p.task);
-    } else {
-      showErrors({ error: 'The connection dropped while submitting. If the task does not appear in the list, submit it again.' });
-      submitBusy(false);
-    }
-  }
-}
-
-setInterval(() => send({ op: 'ping' }), 25000);
-
-// --- Fallback: POST + one EventSource per task ---------------------------------------------
-
-// Fall back only when HTTP works but the WebSocket does not (a proxy without WebSocket
-// support, say); while the whole server is down, keep trying the WebSocket.
-async function maybeFallback() {
-  try {
-    if (!(await fetch(`${API}/healthz`)).ok || wsOpen) return;
-  } catch { return; }
-  sseMode = true;
-  setConn('fallback', 'WebSocket unavailable: using HTTP streams');
-  for (const t of tasks.values()) follow(t);
-}
-
-function closeSse(t) {
-  clearTimeout(t.sseTimer);
-  if (t.es) { t.es.close(); t.es = null; }
-}
-
-function openSse(t) {
-  closeSse(t);
-  const url = `${API}/tasks/${t.id}/events?since=${t.lastSeq}`;
-  const es = new EventSource(t.token ? `${url}&token=${encodeURIComponent(t.token)}` : withToken(url));
-  t.es = es;
-  const handler = (e) => { try { onEvent(JSON.parse(e.data)); } catch { /* ignore a bad frame */ } };
-  EVENT_TYPES.forEach((type) => es.addEventListener(type, handler));
-  // EventSource reconnects by itself; we recreate it instead, so that it resumes from
-  // `since` = our last seq and a task that expired meanwhile (404) is noticed.
-  es.onerror = () => {
-    if (t.es !== es) return;
-    es.close(); t.es = null;
-    if (TERMINAL.has(t.status) || !tasks.has(t.id)) return;
-    const delay = t.retryMs;
-    t.retryMs = Math.min(t.retryMs * 2, MAX_BACKOFF_MS);
-    t.sseTimer = setTimeout(() => reopenSse(t), delay);
-  };
-}
-
-async function reopenSse(t) {
-  if (wsOpen || !sseMode || !tasks.has(t.id)) return;
-  try {
-    const response = await api(`/tasks/${t.id}/status/`);
-    if (response.status === 404) { forget(t); return; }
-  } catch { /* offline: the EventSource below fails and retries */ }
-  if (!wsOpen && sseMode && tasks.has(t.id)) openSse(t);
-}
-
 async function cancelTask(t) {
-  if (send({ op: 'cancel', task_id: t.id })) return;
   try {
-    const response = await api(`/tasks/${t.id}/cancel/`, { method: 'POST' });
-    const body = await jsonOf(response);
-    if (response.ok) cancelAnswered(t, body);
-    else taskError(t, { code: body.code, error: body.error });
-  } catch {
-    t.note = 'Could not reach the server to cancel.';
-    render(t);
+    cancelAnswered(t, await client.cancel(t.id));
+  } catch (error) {
+    taskError(t, error);
   }
 }
 
@@ -545,41 +402,26 @@ function showErrors(body) {
 
 function submitBusy(busy) { Object.assign($('#submit'), { disabled: busy, textContent: busy ? 'Submitting…' : 'Submit' }); }
 
-function submitted(id, type, position, token) {
-  const t = addTask(id, type);
-  if (token) { t.token = token; save(); }
-  if (position != null) { t.position = position; render(t); }
+
+function submitted(answer, type) {
+  const t = addTask(answer.task_id, type, Date.now(), 'PENDING', answer.stream_token);
+  if (answer.position != null) { t.position = answer.position; render(t); }
+  follow(t);
   clearErrors();
-  submitBusy(false);
-  return t;
 }
 
-async function submitHttp(task) {
-  try {
-    const response = await api('/tasks/submit/', { method: 'POST', body: JSON.stringify(task) });
-    const body = await jsonOf(response);
-    if (response.status === 202) follow(submitted(body.task_id, task.task_type, body.position, body.stream_token));
-    else showErrors(body);
-  } catch {
-    showErrors({ error: 'Could not reach the server. Check your connection and try again.' });
-  }
-  submitBusy(false);
-}
-
-let requestCounter = 0;
-form.addEventListener('submit', (e) => {
+form.addEventListener('submit', async (e) => {
   e.preventDefault();
   clearErrors();
   const task = buildTask();
   submitBusy(true);
-  const requestId = `r${++requestCounter}-${Date.now()}`;
-  const message = JSON.stringify({ op: 'submit', request_id: requestId, task });
-  if (wsOpen && new TextEncoder().encode(message).length <= wsFrameLimit) {
-    pending.set(requestId, { task, type: task.task_type });
-    ws.send(message);
-  } else {
-    submitHttp(task);
+  try {
+    submitted(await client.submit(task), task.task_type);
+  } catch (error) {
+    if (error.code === 'network_error') showErrors({ error: 'Could not reach the server. Check your connection and try again.' });
+    else showErrors(error.toJSON ? error.toJSON() : { error: String(error) });
   }
+  submitBusy(false);
 });
 
 form.elements.task_type.addEventListener('change', showType);
@@ -595,7 +437,8 @@ keyInput.value = apiKey();
 keyInput.addEventListener('change', () => {
   const key = keyInput.value.trim();
   if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
-  reconnectNow();
+  client.setApiKey(key);
+  for (const t of tasks.values()) { t.note = ''; render(t); follow(t); } // those refused before
   pollQueues();
 });
 
@@ -607,9 +450,7 @@ async function pollQueues() {
   const dl = $('#queues');
   if (!document.hidden) {
     try {
-      const response = await api('/queues');
-      const body = await jsonOf(response);
-      if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+      const body = await client.queues();
       const rows = Object.entries(body.queues || {}).map(([name, q]) => [name, `${q.pending} pending · ${q.running} running`]);
       rows.push(['workers', String(body.workers ?? '?')]);
       dl.replaceChildren(...rows.flatMap(([k, v]) => [make('dt', k), make('dd', v)]));
@@ -632,5 +473,5 @@ for (const name of ['dragover', 'drop']) window.addEventListener(name, (e) => e.
 showType();
 restore();
 $('#empty').hidden = tasks.size > 0;
-connect();
+client.connect();
 pollQueues();

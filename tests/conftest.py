@@ -19,9 +19,12 @@ import httpx
 import pytest
 import redis
 
+from actors.engines.lama import model_path as lama_model_path
+from livepix.config import Settings
 from livepix.processes import free_port, redis_server_binary
 from livepix.wire import workers_key
 from tests.models import build_tiny_u2net
+from tests.models_lama import build_tiny_lama
 
 
 class RedisProcess:
@@ -205,9 +208,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A livepix data dir holding a tiny u2net, where the default rembg model lives."""
+    """A livepix data dir holding a tiny u2net and a tiny LaMa where the default rembg and
+    LaMa models live: object removal's default (`auto`, LaMa) never tries the network."""
     root = tmp_path_factory.mktemp("data")
     build_tiny_u2net(root / "models" / "rembg" / "models" / "u2net" / "u2net.onnx")
+    build_tiny_lama(lama_model_path(Settings(data_dir=str(root))))
     # rembg imports pymatting, whose numba functions compile on the first import after
     # an install (about 40 s here) and are cached from then on. Pay that once, here,
     # rather than inside the time bound of whichever test's task loads rembg first.

@@ -117,6 +117,8 @@ class LamaInpainter:
         try:
             module = torch.jit.load(str(path), map_location=device.name)  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError, OSError) as exc:
+            if is_out_of_memory(exc):
+                raise  # not the file's fault: the worker may free memory and retry
             raise ModelUnavailableError(
                 f"{SETTING}={settings.lama_model} is not a loadable TorchScript file "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

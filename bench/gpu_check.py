@@ -122,8 +122,12 @@ def cases(size: int) -> dict[str, tuple[str, Callable[[], Any]]]:
     from PIL import Image
 
     from actors.engines import EngineInput
-    from tests.clients import two_tone
     from tests.models_face import face_picture
+
+    def two_tone(width: int, height: int) -> Image.Image:  # tests.clients' (it needs httpx)
+        image = Image.new("RGB", (width, height), (20, 40, 220))
+        image.paste((230, 20, 20), (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+        return image
 
     xs, ys = np.meshgrid(np.linspace(0, 255, size), np.linspace(0, 255, size))
     scene = Image.fromarray(np.stack([xs, ys, np.full_like(xs, 128)], axis=-1).astype(np.uint8))

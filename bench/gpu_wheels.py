@@ -61,11 +61,11 @@ def pin() -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(pinned.items())]
 
 
-def download(requirements: list[str], dest: Path) -> int:
+def download(requirements: list[str], dest: Path, python: str = "3.12") -> int:
     dest.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
+        "--python-version", python, "--implementation", "cp", "--abi", "cp" + python.replace(".", ""),
         *[arg for platform in PLATFORMS for arg in ("--platform", platform)],
         "--dest", str(dest), *requirements,
     ]
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin", action="store_true", help=f"rewrite {REQUIREMENTS.name} from this machine")
     parser.add_argument("--only", nargs="*", help="download just these names (at their pinned versions)")
     parser.add_argument("--dest", default=str(ROOT / ".whl"), help="where the wheels go (.whl, git-ignored)")
+    parser.add_argument("--python", default="3.12", help="CPython version of the GPU machine (3.12)")
     args = parser.parse_args(argv)
     if args.pin:
         lines = pin()
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = {name.lower() for name in args.only}
         pinned = [line for line in pinned if line.split("==")[0] in wanted]
-    return download(pinned, Path(args.dest))
+    return download(pinned, Path(args.dest), args.python)
 
 
 if __name__ == "__main__":

@@ -45,14 +45,43 @@ class OutOfMemoryError(TaskFailedError):
     code = ErrorCode.OUT_OF_MEMORY
 
 
-# What onnxruntime (face swap, background removal), CUDA and the C++ allocators say when
-# memory runs out; none of them raises a type of its own that Python code could name.
-OUT_OF_MEMORY_MESSAGES = ("out of memory", "failed to allocate memory", "bad_alloc", "bad allocation")
+# What onnxruntime (face swap, background removal), CUDA, torch's CPU allocator ("can't
+# allocate memory") and the C++ allocators say when memory runs out; none of them raises
+# a type of its own that Python code could name.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "failed to allocate memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "bad_alloc",
+    "bad allocation",
+)
 
 
 def says_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(message in text for message in OUT_OF_MEMORY_MESSAGES)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` means that memory ran out (host or device), whoever raised it."""
+    if isinstance(exc, (OutOfMemoryError, MemoryError)):
+        return True
+    return not isinstance(exc, TaskFailedError) and says_out_of_memory(exc)
+
+
+def failure_of(exc: Exception) -> tuple[ErrorCode, str]:
+    """The code and message of the `failed` event that `exc` ends its task with."""
+    if isinstance(exc, TaskFailedError):
+        return exc.code, exc.message
+    if isinstance(exc, MemoryError):
+        return ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory"
+    if says_out_of_memory(exc):  # onnxruntime, torch and native allocators
+        return (
+            ErrorCode.OUT_OF_MEMORY,
+            f"the worker ran out of memory ({type(exc).__name__}: {str(exc)[:200]})",
+        )
+    return ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {exc}"
 
 
 class TaskCancelledError(Exception):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from livepix.config import Settings
+from livepix.config import DEFAULT_LAMA_MODEL, Settings
 
 from .engines import Report
 from .errors import TaskFailedError
@@ -61,8 +61,10 @@ def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
     from .engines.background import COMMERCIAL_MODELS, BackgroundRemover, model_file, pullable
     from .engines.device import pick_device
     from .engines.diffusion import Diffusion, image_model
+    from .engines.download import is_url
     from .engines.faceswap import FaceSwapper
     from .engines.hub import in_hub_cache, model_source
+    from .engines.lama import LamaInpainter, is_disabled, model_path
     from .engines.preview import is_latent, latents_preview, load_decoder
 
     source, local = image_model(settings)
@@ -86,17 +88,18 @@ def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
             return latents_preview
         return load_decoder(settings, pick_device(settings.device), report)
 
-    def lama_path() -> Path:
-        from .engines.lama import model_path
-
-        return model_path(settings)
+    lama_off = is_disabled(settings)
 
     def lama_load() -> object:
-        from .engines.lama import LamaInpainter
-
+        if lama_off:
+            return None  # nothing to load: OpenCV only
         return LamaInpainter.load(settings, report)
 
-    lama = settings.lama_model.strip()
+    lama_licence = (
+        "Apache-2.0 (default; LaMa's authors and the simple-lama-inpainting export)"
+        if settings.lama_model.strip() == DEFAULT_LAMA_MODEL
+        else "the LaMa weights' own"
+    )
     return [
         ModelEntry(
             "image_generation, style_transfer",
@@ -146,11 +149,11 @@ def catalogue(settings: Settings, report: Report = _silent) -> list[ModelEntry]:
         ModelEntry(
             "object_removal (lama)",
             "LIVEPIX_LAMA_MODEL",
-            lama or "(not set: OpenCV telea/ns only)",
-            "the LaMa weights' own (LaMa code: Apache-2.0); no default",
-            lambda: bool(lama) and lama_path().is_file(),
+            "none (OpenCV telea/ns only)" if lama_off else settings.lama_model.strip(),
+            "none" if lama_off else lama_licence,
+            lambda: lama_off or model_path(settings).is_file(),
             lama_load,
-            lama.startswith(("http://", "https://")),
+            not lama_off and is_url(settings.lama_model.strip()),
         ),
     ]
 

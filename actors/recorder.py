@@ -94,7 +94,12 @@ PreviewSource = Callable[[], Any]  # returns a PIL image, computed only when sen
 
 
 class Reporter:
-    """What an engine calls to report progress; throttles previews, honours cancel."""
+    """What an engine calls to report progress; throttles previews, honours cancel.
+
+    The percent sent never goes down: a task run again after the worker freed memory
+    (`Engines.run`) reports its early steps anew, and those hold at the highest percent
+    sent so far while their messages (and `step`) say what is happening.
+    """
 
     def __init__(self, recorder: Recorder, task_id: str) -> None:
         self._recorder = recorder
@@ -102,6 +107,8 @@ class Reporter:
         self._last_preview_at = 0.0
         self._preview_gap = PREVIEW_INTERVAL_S
         self._first_step: tuple[float, int] | None = None
+        self._last_step = 0
+        self._highest = 0
 
     def __call__(
         self,
@@ -120,9 +127,10 @@ class Reporter:
                 preview_b64 = encode_preview(image)
                 self._last_preview_at = now
                 self._preview_gap = max(PREVIEW_INTERVAL_S, PREVIEW_COST_FACTOR * (time.monotonic() - now))
+        self._highest = max(self._highest, min(99, int(percent)))
         self._recorder.progress(
             self._task_id,
-            max(0, min(99, int(percent))),
+            self._highest,
             message,
             step=step,
             total=total,
@@ -134,6 +142,9 @@ class Reporter:
         """Seconds left, from the pace of the steps seen so far."""
         if step is None or not total:
             return None
+        if step < self._last_step:  # counting again (a retry): a new pace
+            self._first_step = None
+        self._last_step = step
         if self._first_step is None:
             self._first_step = (now, step)
             return None

@@ -17,7 +17,7 @@ from .errors import (
     TaskCancelledError,
     TaskFailedError,
     TaskTimeoutError,
-    says_out_of_memory,
+    failure_of,
 )
 from .recorder import Recorder, Reporter
 
@@ -48,20 +48,15 @@ class Runner:
         except TaskCancelledError:
             self.recorder.finish(task_id, queue, EventType.CANCELLED, "Cancelled")
             log.info("task %s cancelled while running", task_id)
-        except TaskFailedError as exc:
-            self._fail(task_id, queue, exc.code, exc.message)
         except TimeLimitExceeded:
             self._fail(task_id, queue, ErrorCode.TIMEOUT, "the task ran past its time limit")
-        except MemoryError:
-            self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory")
         except Exception as exc:
-            if says_out_of_memory(exc):  # onnxruntime and native allocators
+            code, message = failure_of(exc)
+            if code is ErrorCode.OUT_OF_MEMORY:
                 log.warning("task %s (%s) ran out of memory: %s", task_id, task_type.value, exc)
-                message = f"the worker ran out of memory ({type(exc).__name__}: {str(exc)[:200]})"
-                self._fail(task_id, queue, ErrorCode.OUT_OF_MEMORY, message)
-                return
-            log.exception("task %s (%s) crashed", task_id, task_type.value)
-            self._fail(task_id, queue, ErrorCode.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")
+            elif not isinstance(exc, TaskFailedError):
+                log.exception("task %s (%s) crashed", task_id, task_type.value)
+            self._fail(task_id, queue, code, message)
         else:
             elapsed = time.monotonic() - began
             self.recorder.finish(
@@ -78,16 +73,19 @@ class Runner:
     def _execute(self, task_id: str, task_type: TaskType) -> tuple[TaskResult, list[bytes]]:
         request = self.recorder.load_input(task_id)
         report = Reporter(self.recorder, task_id)
-        task = EngineInput(
-            task_id=task_id,
-            prompt=request.get("prompt"),
-            parameters=request.get("parameters") or {},
-            image=self._image(request, "image"),
-            target_image=self._image(request, "target_image"),
-            mask=self._image(request, "mask"),
-        )
-        engine = self.engines.get(task_type, report)
-        output = engine.run(task, report)
+
+        def task() -> EngineInput:
+            return EngineInput(
+                task_id=task_id,
+                prompt=request.get("prompt"),
+                parameters=request.get("parameters") or {},
+                image=self._image(request, "image"),
+                target_image=self._image(request, "target_image"),
+                mask=self._image(request, "mask"),
+            )
+
+        # Decoding is part of each attempt: a retry after freeing memory decodes again.
+        output = self.engines.run(task_type, task, report)
         report(95, "Encoding the result")
         metadata: dict[str, Any] = dict(output.metadata)
         result = TaskResult(status="SUCCESS", metadata=metadata)

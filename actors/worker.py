@@ -31,6 +31,7 @@ from livepix.wire import (
 )
 
 from .engines import Engines
+from .engines.device import limit_gpu_memory
 from .recorder import Recorder
 from .runner import Runner
 
@@ -102,6 +103,7 @@ class WorkerProcess:
         )
         # Prefetch beyond the thread count would hold queued tasks hostage.
         worker.queue_prefetch = self.threads
+        limit_gpu_memory(self.settings)  # before any engine takes memory
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         try:

@@ -11,6 +11,12 @@ from dotenv import dotenv_values
 
 from .wire import RESULT_TTL_S
 
+# big-lama as TorchScript, as simple-lama-inpainting publishes it (Apache-2.0, like LaMa
+# itself: README, Models and licences).
+DEFAULT_LAMA_MODEL = (
+    "https://github.com/enesmsahin/simple-lama-inpainting/releases/download/v0.1.0/big-lama.pt"
+)
+
 
 class ConfigError(Exception):
     """Raised when an environment variable holds a value livepix cannot use."""
@@ -47,7 +53,8 @@ class Settings:
     rembg_mirror: str = "https://github.com/danielgatis/rembg/releases/download/v0.0.0"
     face_model_dir: str = ""
     swapper_model: str = ""
-    lama_model: str = ""
+    lama_model: str = DEFAULT_LAMA_MODEL
+    gpu_memory_fraction: float | None = None
     gpu_threads: int = 1
     cpu_threads: int = 2
     max_attempts: int = 3
@@ -93,7 +100,8 @@ ENV: dict[str, tuple[str, str]] = {
     "rembg_mirror": ("LIVEPIX_REMBG_MIRROR", "base URL that named rembg models are fetched from (rembg's GitHub release)"),
     "face_model_dir": ("LIVEPIX_FACE_MODEL_DIR", "insightface pack dir (detection + recognition)"),
     "swapper_model": ("LIVEPIX_SWAPPER_MODEL", "path to an inswapper .onnx"),
-    "lama_model": ("LIVEPIX_LAMA_MODEL", "LaMa TorchScript file"),
+    "lama_model": ("LIVEPIX_LAMA_MODEL", "LaMa TorchScript file, path or URL, or `none` for OpenCV only (big-lama.pt, fetched on first use)"),
+    "gpu_memory_fraction": ("LIVEPIX_GPU_MEMORY_FRACTION", "share of the GPU's memory a worker may take, 0-1 (unset = no cap; ignored on the CPU)"),
     "gpu_threads": ("LIVEPIX_GPU_THREADS", "tasks one gpu worker process runs at once (1)"),
     "cpu_threads": ("LIVEPIX_CPU_THREADS", "tasks one cpu worker process runs at once (2)"),
     "max_attempts": ("LIVEPIX_MAX_ATTEMPTS", "runs of a task whose worker died before it fails (3)"),
@@ -129,14 +137,21 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
                 kwargs[f.name] = _BOOLS[raw.lower()]
             elif f.type == "int":
                 kwargs[f.name] = int(raw)
-            elif f.type == "float":
+            elif f.type in ("float", "float | None"):
                 kwargs[f.name] = float(raw)
             elif f.type == "tuple[str, ...]":
                 kwargs[f.name] = tuple(k.strip() for k in raw.split(",") if k.strip())
             else:
                 kwargs[f.name] = raw
         except ValueError as exc:
-            raise ConfigError(f"{var}={raw!r} is not a valid {f.type}") from exc
+            kind = str(f.type).removesuffix(" | None")
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from exc
+    fraction = kwargs.get("gpu_memory_fraction")
+    if isinstance(fraction, float) and not 0 < fraction <= 1:
+        raise ConfigError(
+            f"LIVEPIX_GPU_MEMORY_FRACTION={fraction!r} must be above 0 and at most 1 (a share "
+            "of the GPU's memory); unset it for no cap"
+        )
     return Settings(**kwargs)  # type: ignore[arg-type]
 
 

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from actors.engines.lama import model_path as lama_model_path
+from livepix.config import Settings
 from livepix.processes import Child, RedisServer, free_port, livepix_child, wait_http, wait_workers
 from tests.models import build_tiny_u2net
+from tests.models_lama import build_tiny_lama
 
 
 def redis_process(data_dir: Path) -> RedisServer:
@@ -104,9 +107,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A livepix data dir holding a tiny u2net, where the default rembg model lives."""
+    """A livepix data dir holding a tiny u2net and a tiny LaMa where the default rembg and
+    LaMa models live: object removal's default (`auto`, LaMa) never tries the network."""
     root = tmp_path_factory.mktemp("data")
     build_tiny_u2net(root / "models" / "rembg" / "models" / "u2net" / "u2net.onnx")
+    build_tiny_lama(lama_model_path(Settings(data_dir=str(root))))
     # rembg imports pymatting, whose numba functions compile on the first import after
     # an install (about 40 s here) and are cached from then on. Pay that once, here,
     # rather than inside the time bound of whichever test's task loads rembg first.

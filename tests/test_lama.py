@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from actors.engines.inpaint import dilate
+from livepix.processes import free_port
 from tests.clients import assert_contiguous, decode_png, png_b64, sse_events, submit
 from tests.conftest import RedisServer, Stack, _db_numbers
 from tests.models_lama import build_tiny_lama
@@ -130,22 +131,74 @@ def test_opencv_methods_stay_selectable_with_a_model_configured(stack: Stack, me
     assert metadata["method"] == method and "model_loads" not in metadata
 
 
-def test_without_a_model_lama_fails_fast_and_auto_uses_telea(new_stack: Stack) -> None:
+def test_the_default_model_is_lama_under_auto(new_stack: Stack) -> None:
+    """The shared data dir holds a tiny LaMa where the default model's fetched copy goes."""
+    new_stack.add_api()
+    new_stack.add_worker("cpu")
+    events = run(new_stack.url, removal("auto"))
+    metadata = check_removed(events[-1], 3)
+    assert metadata["method"] == "lama" and "fallback" not in metadata
+    assert metadata["model"] == "big-lama.pt"
+    assert not any("Fetching" in e.get("message", "") for e in events)
+
+
+def test_lama_turned_off_fails_fast_and_auto_uses_telea(new_stack: Stack) -> None:
+    new_stack.env.update({"LIVEPIX_LAMA_MODEL": "none"})
     new_stack.add_api()
     new_stack.add_worker("cpu")
     began = time.monotonic()
     final = run(new_stack.url, removal("lama"))[-1]
     assert time.monotonic() - began < 10
     assert final["type"] == "failed" and final["error"]["code"] == "model_unavailable"
-    assert "LIVEPIX_LAMA_MODEL" in final["error"]["message"]
+    assert "LIVEPIX_LAMA_MODEL=none" in final["error"]["message"]
     assert "telea" in final["error"]["message"]
 
     metadata = check_removed(run(new_stack.url, removal("auto"))[-1], 3)
+    assert metadata["method"] == "telea" and "fallback" not in metadata  # asked for, not a fallback
+
+
+def fetch_attempts(stack: Stack) -> int:
+    """How many times the worker tried to fetch a model and failed (its log says each)."""
+    return sum(p.log_path.read_text().count("fetching http") for p in stack.processes)
+
+
+def test_offline_auto_falls_back_to_telea_and_says_why(new_stack: Stack, tmp_path: Path) -> None:
+    """The model host is unreachable (a closed loopback port): auto still removes the
+    object, with OpenCV, and the result says which method ran and why."""
+    url = f"http://127.0.0.1:{free_port()}/big-lama.pt"  # nothing listens there
+    new_stack.env.update({"LIVEPIX_LAMA_MODEL": url, "LIVEPIX_DATA_DIR": str(tmp_path / "data")})
+    new_stack.add_api()
+    new_stack.add_worker("cpu")
+    began = time.monotonic()
+    events = run(new_stack.url, removal("auto"))
+    assert time.monotonic() - began < 15  # torch import included; the fetch fails at once
+    metadata = check_removed(events[-1], 3)
     assert metadata["method"] == "telea"
+    assert "LIVEPIX_LAMA_MODEL" in metadata["fallback"] and "could not be fetched" in metadata["fallback"]
+    messages = [e.get("message", "") for e in events]
+    assert "LaMa is not available: inpainting with OpenCV telea instead" in messages
+    assert fetch_attempts(new_stack) == 1
+
+    # The next auto task does not wait on the unreachable host again (for LAMA_RETRY_S).
+    again = check_removed(run(new_stack.url, removal("auto", use_boxes=True))[-1], 3)
+    assert again["method"] == "telea" and again["fallback"] == metadata["fallback"]
+    assert fetch_attempts(new_stack) == 1
+
+    # An explicit lama still tries, and fails: the client asked for that model.
+    final = run(new_stack.url, removal("lama"))[-1]
+    assert final["type"] == "failed" and final["error"]["code"] == "model_unavailable", final
+    assert "LIVEPIX_LAMA_MODEL" in final["error"]["message"]
+    assert fetch_attempts(new_stack) == 2
+    assert not (tmp_path / "data" / "models" / "lama" / "big-lama.pt").exists()
 
 
-def test_an_unreachable_model_url_fails_fast_with_model_unavailable(new_stack: Stack) -> None:
-    new_stack.env.update({"LIVEPIX_LAMA_MODEL": "http://127.0.0.1:9/big-lama.pt"})
+def test_an_unreachable_model_url_fails_fast_with_model_unavailable(
+    new_stack: Stack, tmp_path: Path
+) -> None:
+    new_stack.env.update({
+        "LIVEPIX_LAMA_MODEL": "http://127.0.0.1:9/big-lama.pt",
+        "LIVEPIX_DATA_DIR": str(tmp_path / "data"),
+    })
     new_stack.add_api()
     new_stack.add_worker("cpu")
     began = time.monotonic()
@@ -159,33 +212,38 @@ def test_an_unreachable_model_url_fails_fast_with_model_unavailable(new_stack: S
 def test_a_model_url_is_fetched_once_into_the_data_dir(
     new_stack: Stack, tiny_lama: Path, tmp_path: Path
 ) -> None:
-    """A loopback HTTP server stands in for the model host; no real network is used."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tiny_lama.parent))
+    """The default configuration's path (auto, a URL, nothing in the data dir yet); a
+    loopback HTTP server stands in for the model host, no real network is used."""
+    served = tmp_path / "host" / "big-lama.pt"
+    served.parent.mkdir()
+    served.write_bytes(tiny_lama.read_bytes())
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served.parent))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         data = tmp_path / "data"
         new_stack.env.update({
-            "LIVEPIX_LAMA_MODEL": f"http://127.0.0.1:{server.server_port}/{tiny_lama.name}",
+            "LIVEPIX_LAMA_MODEL": f"http://127.0.0.1:{server.server_port}/{served.name}",
             "LIVEPIX_DATA_DIR": str(data),
         })
         new_stack.add_api()
         new_stack.add_worker("cpu")
-        events = run(new_stack.url, removal("lama"))
+        events = run(new_stack.url, removal("auto"))
     finally:
         server.shutdown()
         server.server_close()
     metadata = check_removed(events[-1], 3)
     assert metadata["method"] == "lama" and metadata["model_loads"] == 1
+    assert "fallback" not in metadata
     assert any("Fetching the LaMa model" in e.get("message", "") for e in events)
-    size_mb = f"{tiny_lama.stat().st_size / 1_000_000:.1f} MB"
+    size_mb = f"{served.stat().st_size / 1_000_000:.1f} MB"
     # The download's bytes are reported, as they arrive, in the task's own events.
     assert any(e.get("message", "").endswith(f"{size_mb} of {size_mb}") for e in events), [
         e.get("message") for e in events
     ]
-    fetched = data / "models" / "lama" / tiny_lama.name
-    assert fetched.read_bytes() == tiny_lama.read_bytes()
+    fetched = data / "models" / "lama" / served.name
+    assert fetched.read_bytes() == served.read_bytes()
     assert not list(fetched.parent.glob("*.part"))
 
     # The server is gone: the fetched copy is used.

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from livepix.config import DEFAULT_LAMA_MODEL
 from tests.fake_hub import FakeHub, FileServer, serving
 from tests.models import build_tiny_u2net
 from tests.models_diffusion import build_tiny_sd, build_tiny_taesd
+from tests.models_lama import build_tiny_lama
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,22 @@ def test_models_list_check_loads_what_is_present(data_dir: Path, tiny_sd_dir: Pa
     assert lines["background_removal"].endswith("present  loadable")
     assert "absent" in out.stdout.split("LIVEPIX_FACE_MODEL_DIR")[1].splitlines()[0]
     assert "non-commercial" in out.stdout
+    # LaMa by default: the shared data dir holds a tiny one where its fetched copy goes.
+    lama = out.stdout.split("object_removal (lama)")[1].splitlines()
+    assert lama[0].endswith("present  loadable")
+    assert lama[1].strip() == DEFAULT_LAMA_MODEL
+    assert lama[2].strip().startswith("licence: Apache-2.0")
+
+
+def test_models_list_knows_the_lama_default_and_its_opt_out(tmp_path: Path) -> None:
+    out = livepix("models", "list", LIVEPIX_DATA_DIR=str(tmp_path))
+    lama = out.stdout.split("object_removal (lama)")[1].splitlines()
+    assert "LIVEPIX_LAMA_MODEL" in lama[0] and "absent" in lama[0]
+    assert lama[1].strip() == DEFAULT_LAMA_MODEL
+    off = livepix("models", "list", "--check", LIVEPIX_DATA_DIR=str(tmp_path), LIVEPIX_LAMA_MODEL="none")
+    lama = off.stdout.split("object_removal (lama)")[1].splitlines()
+    assert lama[0].endswith("present  loadable")  # nothing to fetch or load
+    assert lama[1].strip() == "none (OpenCV telea/ns only)"
 
 
 def test_models_list_reports_a_broken_model_and_fails(tmp_path: Path) -> None:
@@ -65,6 +83,7 @@ def test_models_pull_skips_what_is_present(data_dir: Path, tiny_sd_dir: Path) ->
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "background_removal: already present" in out.stdout
+    assert "object_removal (lama): already present" in out.stdout
 
 
 def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offline(
@@ -72,13 +91,15 @@ def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offlin
 ) -> None:
     """The same fetch code as a task's, printed: a loopback hub and file server, no network."""
     onnx = build_tiny_u2net(tmp_path / "src" / "tiny.onnx", 400_000).read_bytes()
+    lama = build_tiny_lama(tmp_path / "src" / "big-lama.pt").read_bytes()
     repo = "livepix-test/tiny-sd"
     env = {"LIVEPIX_DATA_DIR": str(tmp_path / "data"), "LIVEPIX_TXT2IMG_MODEL": repo, "LIVEPIX_PREVIEW_MODEL": "latent"}
     with (
         serving(FakeHub(repo, tiny_sd_dir)) as hub,
-        serving(FileServer({"/tiny.onnx": onnx})) as files,
+        serving(FileServer({"/tiny.onnx": onnx, "/big-lama.pt": lama})) as files,
     ):
         env["LIVEPIX_REMBG_MODEL"] = f"{files.url}/tiny.onnx"
+        env["LIVEPIX_LAMA_MODEL"] = f"{files.url}/big-lama.pt"
         out = livepix(
             "models", "pull", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1",
             HF_HUB_DISABLE_IMPLICIT_TOKEN="1", **env,
@@ -87,6 +108,9 @@ def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offlin
     lines = out.stdout.splitlines()
     assert "image_generation, style_transfer: ready" in lines
     assert "background_removal: ready" in lines
+    assert "object_removal (lama): ready" in lines
+    lama_mb = f"{len(lama) / 1_000_000:.1f} MB"
+    assert f"    Fetching the LaMa model big-lama.pt: {lama_mb} of {lama_mb}" in lines, out.stdout
     hub_bytes = [line for line in lines if re.fullmatch(rf"    Fetching {repo}: [\d.]+ MB of [\d.]+ MB", line)]
     onnx_bytes = [line for line in lines if re.fullmatch(r"    Fetching the rembg model tiny.onnx: [\d.]+ MB of 0.4 MB", line)]
     assert len(hub_bytes) >= 2 and len(onnx_bytes) >= 2, out.stdout
@@ -97,6 +121,7 @@ def test_models_pull_shows_the_bytes_of_each_download_and_list_loads_them_offlin
     status = {line.split()[0]: line for line in listed.stdout.splitlines() if not line.startswith(" ")}
     assert status["image_generation,"].endswith("present  loadable")
     assert status["background_removal"].endswith("present  loadable")
+    assert status["object_removal"].endswith("present  loadable")
 
 
 def test_models_pull_fetches_the_preview_decoder_and_list_loads_it_offline(
@@ -108,6 +133,7 @@ def test_models_pull_fetches_the_preview_decoder_and_list_loads_it_offline(
         "LIVEPIX_TXT2IMG_MODEL": str(tiny_sd_dir),
         "LIVEPIX_REMBG_MODEL": str(build_tiny_u2net(tmp_path / "tiny.onnx", 1000)),
         "LIVEPIX_PREVIEW_MODEL": repo,
+        "LIVEPIX_LAMA_MODEL": "none",  # this test is about the decoder: no LaMa to fetch
     }
     absent = livepix("models", "pull", **env)  # offline, nothing cached
     assert absent.returncode == 1

@@ -1,4 +1,5 @@
-"""onnxruntime's out-of-memory error (face swap, background removal) is recognised."""
+"""Running out of memory is recognised whoever says it: onnxruntime (face swap, background
+removal), torch's CPU allocator, Python's MemoryError."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from actors.errors import says_out_of_memory
+from actors.errors import ModelUnavailableError, failure_of, is_out_of_memory, says_out_of_memory
 
 
 def test_a_real_onnxruntime_allocation_failure_reads_as_out_of_memory() -> None:
@@ -32,3 +33,21 @@ def test_a_real_onnxruntime_allocation_failure_reads_as_out_of_memory() -> None:
 def test_other_engine_errors_are_not_out_of_memory() -> None:
     assert not says_out_of_memory(ValueError("shapes (3,4) and (5,) not aligned"))
     assert not says_out_of_memory(RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT"))
+
+
+def test_a_real_torch_cpu_allocation_failure_maps_to_out_of_memory() -> None:
+    import torch
+
+    with pytest.raises(RuntimeError) as failure:
+        torch.empty(1 << 42)  # 16 TB of floats: the CPU allocator refuses at once
+    assert is_out_of_memory(failure.value)
+    code, message = failure_of(failure.value)
+    assert code == "out_of_memory" and "can't allocate memory" in message
+
+
+def test_errors_that_say_memory_but_are_not_running_out_keep_their_code() -> None:
+    unavailable = ModelUnavailableError("LIVEPIX_LAMA_MODEL=x could not be fetched (out of memory?)")
+    assert not is_out_of_memory(unavailable)
+    assert failure_of(unavailable)[0] == "model_unavailable"
+    assert failure_of(MemoryError()) == ("out_of_memory", "the worker ran out of memory")
+    assert failure_of(ValueError("bad shape"))[0] == "engine_error"

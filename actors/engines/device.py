@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EngineUnavailableError, says_out_of_memory
+from livepix.config import Settings
+
+from ..errors import EngineUnavailableError, TaskFailedError, says_out_of_memory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +64,30 @@ def free_cuda_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def limit_gpu_memory(settings: Settings) -> float | None:
+    """Apply `LIVEPIX_GPU_MEMORY_FRACTION` to this process's CUDA device; the fraction
+    applied, or None (unset, or the worker runs on the CPU: logged)."""
+    fraction = settings.gpu_memory_fraction
+    if fraction is None:
+        return None
+    try:
+        device = pick_device(settings.device)
+    except TaskFailedError as exc:  # its tasks will fail with the same words
+        log.warning("LIVEPIX_GPU_MEMORY_FRACTION=%s not applied: %s", fraction, exc.message)
+        return None
+    if not device.is_cuda:
+        log.info("LIVEPIX_GPU_MEMORY_FRACTION=%s ignored: this worker runs on the cpu", fraction)
+        return None
+    import torch
+
+    index = torch.device(device.name).index
+    index = torch.cuda.current_device() if index is None else index
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    total = torch.cuda.get_device_properties(index).total_memory
+    log.info(
+        "this worker may take %.0f%% of cuda:%d's memory (%.1f of %.1f GiB)",
+        fraction * 100, index, fraction * total / 2**30, total / 2**30,
+    )
+    return fraction

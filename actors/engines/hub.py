@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 from livepix.config import Settings
 
-from ..errors import ModelUnavailableError, TaskCancelledError
+from ..errors import ModelUnavailableError, TaskCancelledError, is_out_of_memory
 from .download import Progress
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ def load_pretrained(
     except TaskCancelledError:
         raise
     except Exception as exc:  # hub, network, file or config errors alike
+        if is_out_of_memory(exc):
+            raise  # not the model's fault: the worker may free memory and retry
         raise ModelUnavailableError(
             f"the {what} {source!r} could not be loaded ({type(exc).__name__}: {str(exc)[:200]}); {hint}"
         ) from exc

@@ -1,14 +1,21 @@
 """Object removal: paint over a masked region with LaMa or OpenCV inpainting.
 
 The mask is white where the object is (or built from `parameters.boxes`), dilated by
-`dilate_px` so that the object's edge goes too. `method` picks `lama` (needs
-`LIVEPIX_LAMA_MODEL`), `telea` or `ns` (Navier-Stokes, OpenCV, no weights); `auto`
-uses LaMa when `LIVEPIX_LAMA_MODEL` is set, else `telea`.
+`dilate_px` so that the object's edge goes too. `method` picks `lama` (the model of
+`LIVEPIX_LAMA_MODEL`, big-lama.pt by default, fetched on first use), `telea` or `ns`
+(Navier-Stokes; OpenCV, no weights). `auto` uses LaMa unless `LIVEPIX_LAMA_MODEL=none`;
+when LaMa cannot be had (offline, a failed fetch, a file that does not load) it falls
+back to `telea`, logs why, and says so in the result's metadata (`"fallback"`). The
+failure is remembered for `LAMA_RETRY_S`, so that an offline worker does not try the
+fetch again on every task; an explicit `method: lama` always tries, and fails with
+`model_unavailable` when LaMa cannot be had.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +29,10 @@ from . import EngineInput, EngineOutput, Report
 if TYPE_CHECKING:
     from .lama import LamaInpainter
 
+log = logging.getLogger(__name__)
+
 INPAINT_RADIUS_PX = 5
+LAMA_RETRY_S = 300.0  # `auto` tries again to load a LaMa that could not be had after this
 
 
 def build_mask(task: EngineInput, size: tuple[int, int]) -> np.ndarray:
@@ -49,13 +59,16 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 
 
 def choose_method(requested: str, settings: Settings) -> str:
-    """The method a task runs: `auto` means LaMa when a model is configured."""
+    """The method a task tries first: `auto` means LaMa unless it is turned off."""
+    from .lama import NONE, SETTING, is_disabled
+
     if requested == "auto":
-        return "lama" if settings.lama_model.strip() else "telea"
-    if requested == "lama" and not settings.lama_model.strip():
+        return "telea" if is_disabled(settings) else "lama"
+    if requested == "lama" and is_disabled(settings):
         raise ModelUnavailableError(
-            "method lama needs LIVEPIX_LAMA_MODEL (a TorchScript big-lama.pt, path or URL); "
-            "parameters.method telea or ns need no model"
+            f"method lama needs a LaMa model, and {SETTING}={NONE} turns it off; unset it for "
+            "the default big-lama.pt or point it at one (path or URL); parameters.method telea "
+            "or ns need no model"
         )
     if requested not in ("lama", "telea", "ns"):
         raise TaskFailedError(f"unknown object removal method {requested!r}")
@@ -78,22 +91,36 @@ class ObjectRemover:
         self._settings = settings
         self._lama: LamaInpainter | None = None
         self._lama_lock = threading.Lock()
+        self._lama_failed: tuple[float, str] | None = None  # (monotonic time, why)
 
-    def lama(self, report: Report) -> LamaInpainter:
-        """The process's LaMa model, loaded once (two threads never load it twice)."""
+    def lama(self, report: Report, *, retry: bool = True) -> LamaInpainter:
+        """The process's LaMa model, loaded once (two threads never load it twice).
+
+        Without `retry`, a load that failed less than `LAMA_RETRY_S` ago fails again at
+        once with the same reason instead of trying (and maybe waiting on a fetch) again.
+        """
         if self._lama is None:
             with self._lama_lock:
                 if self._lama is None:
                     from .lama import LamaInpainter
 
-                    self._lama = LamaInpainter.load(self._settings, report)
+                    failed = self._lama_failed
+                    if not retry and failed and time.monotonic() - failed[0] < LAMA_RETRY_S:
+                        raise ModelUnavailableError(failed[1])
+                    try:
+                        self._lama = LamaInpainter.load(self._settings, report)
+                    except ModelUnavailableError as exc:
+                        self._lama_failed = (time.monotonic(), exc.message)
+                        raise
+                    self._lama_failed = None
         return self._lama
 
     def run(self, task: EngineInput, report: Report) -> EngineOutput:
         if task.image is None:
             raise InvalidImageError("object_removal needs an image")
         params: dict[str, Any] = task.parameters
-        method = choose_method(str(params.get("method") or "auto"), self._settings)
+        requested = str(params.get("method") or "auto")
+        method = choose_method(requested, self._settings)
         report(5, "Preparing the mask")
         rgb = np.asarray(task.image.convert("RGB"))
         mask = dilate(build_mask(task, task.image.size), int(params.get("dilate_px", 0)))
@@ -102,7 +129,17 @@ class ObjectRemover:
             raise InvalidImageError("the mask is empty: paint the object white, or give boxes")
 
         metadata: dict[str, Any] = {"method": method}
-        lama = self.lama(report) if method == "lama" else None
+        lama = None
+        if method == "lama":
+            try:
+                lama = self.lama(report, retry=requested == "lama")
+            except ModelUnavailableError as exc:
+                if requested == "lama":
+                    raise
+                log.warning("LaMa is not available, object removal uses telea: %s", exc.message)
+                report(9, "LaMa is not available: inpainting with OpenCV telea instead")
+                method = "telea"
+                metadata.update(method=method, fallback=exc.message)
         if lama is not None:
             from .lama import model_loads
 

@@ -1,7 +1,9 @@
 """LaMa inpainting: a TorchScript `big-lama.pt`, loaded once per worker process.
 
-`LIVEPIX_LAMA_MODEL` is a local file or an http(s) URL; a URL is fetched once into
-`<data dir>/models/lama/<file name>` and that copy is used from then on. The model's
+`LIVEPIX_LAMA_MODEL` is a local file or an http(s) URL (default: big-lama.pt from the
+simple-lama-inpainting release, Apache-2.0), or `none` to use OpenCV only; a URL is
+fetched once into `<data dir>/models/lama/<file name>` and that copy is used from then
+on. The model's
 signature: forward(image 1x3xHxW float in [0, 1], mask 1x1xHxW float in {0, 1}) ->
 1x3xHxW in [0, 1], with H and W multiples of 8. torch is imported lazily, so that the
 OpenCV methods never pay for it.
@@ -28,6 +30,7 @@ from .download import is_url
 log = logging.getLogger(__name__)
 
 SETTING = "LIVEPIX_LAMA_MODEL"
+NONE = "none"  # LIVEPIX_LAMA_MODEL=none: no LaMa, OpenCV only
 MULTIPLE = 8  # LaMa needs sides that are multiples of 8
 
 _loads_lock = threading.Lock()
@@ -41,6 +44,11 @@ def model_loads() -> int:
 
 def _quiet(percent: float, message: str, **_: object) -> None:
     log.info("%s", message)
+
+
+def is_disabled(settings: Settings) -> bool:
+    """Whether the operator turned LaMa off (`LIVEPIX_LAMA_MODEL=none`)."""
+    return settings.lama_model.strip().lower() in ("", NONE)
 
 
 def model_path(settings: Settings) -> Path:
@@ -71,10 +79,10 @@ def fetch(url: str, settings: Settings, report: Report) -> Path:
 def resolve(settings: Settings, report: Report) -> Path:
     """The local model file that `LIVEPIX_LAMA_MODEL` names (fetching a URL first)."""
     spec = settings.lama_model.strip()
-    if not spec:
+    if is_disabled(settings):
         raise ModelUnavailableError(
-            f"LaMa needs {SETTING} (a TorchScript big-lama.pt, path or URL); "
-            "parameters.method telea or ns need no model"
+            f"LaMa is turned off ({SETTING}={NONE}); set it to a TorchScript big-lama.pt, path "
+            "or URL, or unset it for the default; parameters.method telea or ns need no model"
         )
     if is_url(spec):
         return fetch(spec, settings, report)
@@ -109,6 +117,8 @@ class LamaInpainter:
         try:
             module = torch.jit.load(str(path), map_location=device.name)  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError, OSError) as exc:
+            if is_out_of_memory(exc):
+                raise  # not the file's fault: the worker may free memory and retry
             raise ModelUnavailableError(
                 f"{SETTING}={settings.lama_model} is not a loadable TorchScript file "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

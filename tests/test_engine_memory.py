@@ -28,7 +28,7 @@ from actors.engines import EngineInput, Engines
 from livepix.config import Settings, load_settings
 from livepix.wire import TaskType
 from tests.clients import assert_contiguous, png_b64, sse_events, submit, two_tone
-from tests.conftest import Process, Stack
+from tests.conftest import Child, Stack
 from tests.models import build_tiny_u2net
 from tests.models_diffusion import build_tiny_sd
 from tests.models_lama import build_tiny_lama
@@ -50,7 +50,7 @@ def address_space_mb(pid: int) -> int:
 
 
 @contextmanager
-def capped(worker: Process) -> Iterator[None]:
+def capped(worker: Child) -> Iterator[None]:
     """Cap the worker's address space at what it uses now: from then on every allocation
     that needs new memory from the kernel fails, until memory is freed. (A cap below what
     it uses would leave the worker unable to start a thread even after freeing: glibc
@@ -118,7 +118,7 @@ def test_out_of_memory_frees_the_least_recently_used_engine_and_retries_once(
 
     # Only LaMa was freed: rembg, the task's own engine, stayed loaded throughout.
     assert run(url, {"task_type": "background_removal", "image": png_b64(two_tone())})[-1]["type"] == "succeeded"
-    assert worker.log_path.read_text().count("loaded the background_removal engine") == 1
+    assert worker.log_path is not None and worker.log_path.read_text().count("loaded the background_removal engine") == 1
 
 
 def test_out_of_memory_again_after_the_retry_fails_the_task(
@@ -203,6 +203,7 @@ def test_a_gpu_memory_fraction_is_ignored_with_a_log_line_on_the_cpu(new_stack: 
     new_stack.add_api()
     worker = new_stack.add_worker("cpu")
     assert run(new_stack.url, lama_removal())[-1]["type"] == "succeeded"
+    assert worker.log_path is not None
     assert "LIVEPIX_GPU_MEMORY_FRACTION=0.5 ignored: this worker runs on the cpu" in worker.log_path.read_text()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+
 from livepix.wire import ErrorCode
 
 
@@ -74,6 +76,8 @@ def failure_of(exc: Exception) -> tuple[ErrorCode, str]:
     """The code and message of the `failed` event that `exc` ends its task with."""
     if isinstance(exc, TaskFailedError):
         return exc.code, exc.message
+    if isinstance(exc, RedisOutOfMemoryError):
+        return ErrorCode.STORAGE_FULL, "the service's storage is full (Redis refuses writes); retry later"
     if isinstance(exc, MemoryError):
         return ErrorCode.OUT_OF_MEMORY, "the worker ran out of memory"
     if says_out_of_memory(exc):  # onnxruntime, torch and native allocators

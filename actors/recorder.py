@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from livepix import store
 from livepix.config import Settings
 from livepix.storage import run
@@ -82,8 +84,18 @@ class Recorder:
         error: TaskError | None = None,
     ) -> int:
         self._deadlines.pop(task_id, None)
+        try:
+            return run(self.client, store.finish(
+                self.opts, task_id, queue, type, message, result=result, images=images, error=error,
+            ), STORE_RETRY_S)
+        except redis.OutOfMemoryError:
+            if type is EventType.SUCCEEDED:
+                raise  # the runner fails the task instead: its images do not fit
+        # Redis refuses writes (maxmemory): the terminal event goes in all the same
+        # (Redis >= 7), and ending the task frees its input.
+        log.warning("Redis is full: ending task %s with a script allowed to write anyway", task_id)
         return run(self.client, store.finish(
-            self.opts, task_id, queue, type, message, result=result, images=images, error=error,
+            self.opts, task_id, queue, type, message, error=error, despite_full=True,
         ), STORE_RETRY_S)
 
     def heartbeat(self, key: str, member: str, score: float) -> None:

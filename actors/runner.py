@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from dramatiq.middleware import TimeLimitExceeded
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 
 from livepix.images import ImageError, ImageLimits, decode_image, encode_png
 from livepix.wire import QUEUE_OF, ErrorCode, EventType, TaskError, TaskResult, TaskType
@@ -35,7 +36,11 @@ class Runner:
 
     def run(self, task_id: str, task_type: TaskType) -> None:
         queue = QUEUE_OF[task_type].value
-        seq = self.recorder.start(task_id, queue)
+        try:
+            seq = self.recorder.start(task_id, queue)
+        except RedisOutOfMemoryError:
+            self._fail(task_id, queue, ErrorCode.STORAGE_FULL, "the service's storage is full; retry later")
+            return
         if seq <= 0:
             reason = {0: "already finished or cancelled", -1: "expired", -2: "out of attempts"}
             log.info("task %s not run: %s", task_id, reason.get(seq, seq))
@@ -59,9 +64,14 @@ class Runner:
             self._fail(task_id, queue, code, message)
         else:
             elapsed = time.monotonic() - began
-            self.recorder.finish(
-                task_id, queue, EventType.SUCCEEDED, f"Done in {elapsed:.1f} s", result=result, images=images
-            )
+            try:
+                self.recorder.finish(
+                    task_id, queue, EventType.SUCCEEDED, f"Done in {elapsed:.1f} s", result=result, images=images
+                )
+            except RedisOutOfMemoryError:
+                self._fail(task_id, queue, ErrorCode.STORAGE_FULL,
+                           "the result did not fit: the service's storage is full; retry later")
+                return
             log.info("task %s (%s) done in %.2f s", task_id, task_type.value, elapsed)
 
     def _fail(self, task_id: str, queue: str, code: str, message: str) -> None:

@@ -115,6 +115,17 @@ class UnavailableError(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class StorageFullError(ApiError):
+    """Raised when Redis refuses writes (its maxmemory is reached); retry later."""
+
+    status_code = 507
+    code = ErrorCode.STORAGE_FULL
+    message = "The service's storage is full; retry later"
+
+    def __init__(self, message: str | None = None, retry_after_s: int = 30) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 _HTTP_CODES = {
     404: (ErrorCode.NOT_FOUND, "Not found"),
     405: (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed"),

@@ -22,6 +22,7 @@ from livepix.wire import MAX_SEQ, ErrorCode, WsClose
 
 from .auth import Authenticator, Caller
 from .errors import ApiError, UnauthorizedError
+from .idempotency import checked_key
 from .live import Ending, Frame, Live, MuxOutlet, Outbox, Subscriptions
 from .streams import close, inline_param, past_the_end, run_until_first_done, shaper
 from .tasks import TaskService
@@ -172,8 +173,9 @@ class Session:
         try:
             if self.caller.read_only:
                 raise UnauthorizedError("A stream token is read-only: use an API key")
+            key = checked_key(op.get("idempotency_key"), "idempotency_key")
             request = await anyio.to_thread.run_sync(validate_task, op.get("task"), limits)
-            task_id, position = await self.tasks.submit(request, self.caller.owner)
+            submitted = await self.tasks.submit(request, self.caller.owner, key)
         except ValidationError as exc:
             self.say(op="error", request_id=request_id, code=ErrorCode.INVALID_INPUT.value,
                      error="Invalid input", details=exc.details)
@@ -181,7 +183,12 @@ class Session:
         except ApiError as exc:
             self.error(exc.code.value, exc.message, request_id=request_id)
             return
-        reply: dict[str, Any] = {"request_id": request_id, "task_id": task_id, "status": "PENDING", "position": position}
+        task_id = submitted.task_id
+        reply: dict[str, Any] = {"request_id": request_id, "task_id": task_id, "status": submitted.status.value}
+        if submitted.position is not None:
+            reply["position"] = submitted.position
+        if submitted.replayed:
+            reply["replayed"] = True
         authenticator: Authenticator = self.ws.app.state.auth
         if authenticator.enabled:
             reply["stream_token"] = authenticator.stream_token(task_id, self.caller.owner)

@@ -22,6 +22,7 @@ from .errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from .idempotency import checked_key
 from .streams import task_id_param
 from .tasks import TaskService
 from .validation import ValidationError, validate_task
@@ -101,18 +102,22 @@ async def submit(request: Request) -> Response:
     except ValidationError as exc:
         raise InvalidInputError(details=exc.details) from None
     caller = writer(request)
-    task_id, position = await tasks.submit(task, caller.owner)
+    key = checked_key(request.headers.get("idempotency-key"), "Idempotency-Key")
+    submitted = await tasks.submit(task, caller.owner, key)
     body: dict[str, Any] = {
-        "task_id": task_id,
-        "status": Status.PENDING.value,
+        "task_id": submitted.task_id,
+        "status": submitted.status.value,
         "message": f"{task.task_type.value} task submitted successfully",
-        "position": position,
-        "links": links(request, task_id),
+        "links": links(request, submitted.task_id),
     }
+    if submitted.position is not None:
+        body["position"] = submitted.position
     authenticator: Authenticator = request.app.state.auth
     if authenticator.enabled:
-        body["stream_token"] = authenticator.stream_token(task_id, caller.owner)
-    return JSONResponse(body, status_code=202)
+        body["stream_token"] = authenticator.stream_token(submitted.task_id, caller.owner)
+    # A retried submit gets the same answer; the header says that it made no new task.
+    headers = {"Idempotent-Replayed": "true"} if submitted.replayed else None
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 def writer(request: Request) -> Caller:

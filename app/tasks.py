@@ -6,6 +6,7 @@ Redis errors become `UnavailableError` here, at the edge.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 
 from livepix import store
@@ -37,7 +39,8 @@ from livepix.wire import (
 )
 
 from .auth import ANONYMOUS, Caller
-from .errors import NotFoundError, TooManyTasksError, UnavailableError
+from .errors import NotFoundError, StorageFullError, TooManyTasksError, UnavailableError
+from .idempotency import Idempotency
 from .validation import TaskRequest
 
 log = logging.getLogger(__name__)
@@ -81,11 +84,23 @@ class TaskState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    task_id: str
+    status: Status
+    position: int | None
+    replayed: bool = False  # the task an earlier submit with the same Idempotency-Key made
+
+
 @asynccontextmanager
 async def redis_errors() -> AsyncIterator[None]:
-    """Translate Redis failures into a 503 for the client."""
+    """Translate Redis failures into an error for the client: 507 `storage_full` when
+    Redis refuses writes (maxmemory reached), else 503 `unavailable`."""
     try:
         yield
+    except RedisOutOfMemoryError as exc:
+        log.warning("Redis is full: %s", exc)
+        raise StorageFullError() from exc
     except (RedisError, OSError) as exc:
         log.warning("Redis unavailable: %s", exc)
         raise UnavailableError() from exc
@@ -103,19 +118,44 @@ class TaskService:
         self.binary = binary
         self.settings = settings
         self.opts = store.Options(settings.result_ttl_s, settings.cluster)
+        self.idempotency = Idempotency(client, settings.result_ttl_s)
         self.submitted: dict[str, int] = {}
 
-    async def submit(self, request: TaskRequest, owner: str = "") -> tuple[str, int]:
-        """Store a validated task, then enqueue it; returns its id and queue position.
+    async def submit(self, request: TaskRequest, owner: str = "", idempotency_key: str | None = None) -> Submitted:
+        """Store a validated task, then enqueue it.
 
-        Raises `TooManyTasksError` when the owner already has its cap of waiting tasks.
+        With `idempotency_key`, a key this owner used within the TTL answers with the task
+        it submitted then (`Submitted.replayed`), or `IdempotencyConflictError` if that
+        was another request. Raises `TooManyTasksError` when the owner already has its
+        cap of waiting tasks.
         """
         task_id = str(uuid.uuid4())
+        if idempotency_key is not None:
+            async with redis_errors():
+                claim = await self.idempotency.claim(owner, idempotency_key, task_id, request)
+                if claim is not None:
+                    await self.idempotency.wait_for(claim)
+                    state = await self.state(claim.task_id)
+            if claim is not None:
+                if state is None:
+                    raise UnavailableError("The task of this Idempotency-Key is gone; retry")
+                return Submitted(claim.task_id, state.status, await self.position(state), replayed=True)
+        try:
+            position = await self._store(task_id, request, owner)
+        except BaseException:
+            if idempotency_key is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self.idempotency.release(owner, idempotency_key, task_id)
+            raise
+        self.submitted[request.task_type.value] = self.submitted.get(request.task_type.value, 0) + 1
+        return Submitted(task_id, Status.PENDING, position)
+
+    async def _store(self, task_id: str, request: TaskRequest, owner: str) -> int:
         queue = QUEUE_OF[request.task_type].value
         deadline = None if request.deadline_s is None else time.time() + request.deadline_s
         try:
             async with redis_errors():
-                position = await arun(self.client, store.submit(
+                return await arun(self.client, store.submit(
                     self.opts, task_id, request.task_type.value, queue, owner, dumps(request.to_wire()),
                     self.settings.max_queued_per_owner, actor_name(request.task_type), deadline,
                 ))
@@ -125,8 +165,6 @@ class TaskService:
                 "retry when some have started",
                 retry_after_s=5,
             ) from None
-        self.submitted[request.task_type.value] = self.submitted.get(request.task_type.value, 0) + 1
-        return task_id, position
 
     async def state(self, task_id: str) -> TaskState | None:
         async with redis_errors():

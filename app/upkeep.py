@@ -16,8 +16,9 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import cast
+from typing import Any, cast
 
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 
 from livepix import store
@@ -54,6 +55,20 @@ LEASE_MS = 3000
 PENDING_MARGIN_S = 60.0  # fail a task still waiting this close to its expiry
 REENQUEUE_AFTER_S = 10.0  # a task waiting this long without its message gets one
 DEADLINE_GRACE_S = 10.0  # a running task past its deadline has this long to stop itself
+
+
+async def finish_anyway(client: Any, opts: store.Options, task_id: str, queue: str, message: str,
+                        error: TaskError, only_status: str = "", only_worker: str = "") -> int:
+    """`store.finish` of a failure, also when Redis refuses writes (maxmemory): a task
+    must end, and ending it frees its input."""
+    def ending(despite_full: bool) -> store.Op[int]:
+        return store.finish(opts, task_id, queue, EventType.FAILED, message, error=error,
+                            only_status=only_status, only_worker=only_worker, despite_full=despite_full)
+
+    try:
+        return await arun(client, ending(False))
+    except RedisOutOfMemoryError:
+        return await arun(client, ending(True))
 
 
 class Upkeep:
@@ -148,17 +163,13 @@ class Upkeep:
                 continue
             error = TaskError(code="timeout", message="the task did not finish within its deadline_s")
             if status == Status.PENDING:
-                await arun(self.client, store.finish(
-                    self.opts, task_id, queue or "", EventType.FAILED, "Deadline passed", error=error,
-                    only_status=Status.PENDING.value,
-                ))
+                await finish_anyway(self.client, self.opts, task_id, queue or "", "Deadline passed", error,
+                                    only_status=Status.PENDING.value)
             elif now - deadline < DEADLINE_GRACE_S:
                 await arun_batch(self.client, [store.interrupt(task_id, "timeout")])
             else:
-                await arun(self.client, store.finish(
-                    self.opts, task_id, queue or "", EventType.FAILED, "Deadline passed", error=error,
-                    only_status=Status.PROCESSING.value,
-                ))
+                await finish_anyway(self.client, self.opts, task_id, queue or "", "Deadline passed", error,
+                                    only_status=Status.PROCESSING.value)
 
     async def watchdog(self) -> None:
         """End running tasks whose worker vanished and was not replaced in time, and
@@ -185,10 +196,8 @@ class Upkeep:
                 code="worker_lost",
                 message=f"the worker running this task stopped and no other took it over within {self.lost_after_s:.0f} s",
             )
-            ended = await arun(self.client, store.finish(
-                self.opts, task_id, queue or "", EventType.FAILED, "Worker lost", error=error,
-                only_status=Status.PROCESSING.value, only_worker=worker,
-            ))
+            ended = await finish_anyway(self.client, self.opts, task_id, queue or "", "Worker lost", error,
+                                        only_status=Status.PROCESSING.value, only_worker=worker)
             if ended > 0:
                 self.lost += 1
                 log.warning("task %s failed: its worker %s vanished", task_id, worker)
@@ -205,10 +214,8 @@ class Upkeep:
             if now - float(created) < self.ttl_s - PENDING_MARGIN_S:
                 break  # in submit order: the rest are younger
             error = TaskError(code="timeout", message="no worker took the task before it expired")
-            await arun(self.client, store.finish(
-                self.opts, task_id, queue.value, EventType.FAILED, "Expired", error=error,
-                only_status=Status.PENDING.value,
-            ))
+            await finish_anyway(self.client, self.opts, task_id, queue.value, "Expired", error,
+                                only_status=Status.PENDING.value)
 
     async def _reenqueue(self, queue: Queue, now: float) -> None:
         """Enqueue the waiting tasks whose Dramatiq message is missing: their submit died

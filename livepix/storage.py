@@ -224,14 +224,21 @@ def missing_error(answers: list[Any]) -> Exception:
 
 
 def load_scripts(client: Any) -> None:
-    """Load every store script (on a cluster, on every primary)."""
-    for source in store.SCRIPTS.values():
-        client.script_load(source)
+    """Load every store script (on a cluster, on every primary). A script this Redis
+    cannot compile (flags, before Redis 7) is left out: calling it fails NOSCRIPT."""
+    for name, source in store.SCRIPTS.items():
+        try:
+            client.script_load(source)
+        except redis.ResponseError as exc:
+            log.debug("store script %s not loaded: %s", name, exc)
 
 
 async def aload_scripts(client: Any) -> None:
-    for source in store.SCRIPTS.values():
-        await client.script_load(source)
+    for name, source in store.SCRIPTS.items():
+        try:
+            await client.script_load(source)
+        except redis.ResponseError as exc:
+            log.debug("store script %s not loaded: %s", name, exc)
 
 
 # What a failover, a restart or a network blip raise for a while: worth a retry.
@@ -257,11 +264,18 @@ def run(client: Any, op: Op[T], retry_s: float = 0.0) -> T:
                     break
                 except TRANSIENT as exc:
                     if time.monotonic() + delay > deadline:
-                        raise
+                        batch = op.throw(exc)  # the operation may handle it, or it raises
+                        answers = None
+                        break
                     log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
                     time.sleep(delay)
                     delay = min(2.0, 2 * delay)
-            batch = op.send(answers)
+                except redis.RedisError as exc:
+                    batch = op.throw(exc)
+                    answers = None
+                    break
+            if answers is not None:
+                batch = op.send(answers)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -271,7 +285,12 @@ async def arun(client: Any, op: Op[T]) -> T:
     try:
         batch = next(op)
         while True:
-            batch = op.send(await arun_batch(client, batch))
+            try:
+                answers = await arun_batch(client, batch)
+            except redis.RedisError as exc:
+                batch = op.throw(exc)  # the operation may handle it, or it raises
+                continue
+            batch = op.send(answers)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 

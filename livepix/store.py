@@ -20,10 +20,13 @@ call after the other where they live on different nodes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
 
 from .broker import encode_message, queue_list_key, queue_messages_key
 from .wire import (
@@ -52,6 +55,7 @@ from .wire import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # --- the scripts ------------------------------------------------------------------
 
@@ -249,9 +253,13 @@ _TASK_SCRIPTS = {
     "cancel": _CANCEL,
     "requeued": _REQUEUED,
 }
-APPENDING = frozenset(_TASK_SCRIPTS)  # their answers end with the event they appended
+# The terminal event even when Redis refuses writes (maxmemory reached, noeviction):
+# a task must end, and ending frees its input. Redis >= 7 (script flags).
+_DESPITE_FULL = "#!lua flags=allow-oom\n"
+APPENDING = frozenset({*_TASK_SCRIPTS, "finish_despite_full"})  # answers end with the event appended
 SCRIPTS: dict[str, str] = {
     **{name: _PRELUDE + body for name, body in _TASK_SCRIPTS.items()},
+    "finish_despite_full": _DESPITE_FULL + _PRELUDE + _FINISH,
     "interrupt": _INTERRUPT,
     "admit": _ADMIT,
     "line_up": _LINE_UP,
@@ -444,10 +452,12 @@ def finish(
     progress: int = 0,
     only_status: str = "",
     only_worker: str = "",
+    despite_full: bool = False,
 ) -> Op[int]:
     """Log the task's one terminal event; a success stores its images (raw PNG, once).
     Returns the seq, or 0 if it had already ended (or, with `only_status`/`only_worker`,
-    if it is no longer in that status or on that worker)."""
+    if it is no longer in that status or on that worker). `despite_full`: also when
+    Redis refuses writes for lack of memory (Redis >= 7)."""
     if type not in TERMINAL_EVENTS:
         raise ValueError(f"{type} is not a terminal event")
     if type is EventType.SUCCEEDED:
@@ -462,7 +472,7 @@ def finish(
     status = EVENT_STATUS[type].value
     now = _now()
     [(seq, was_pending, owner, task_type, started)] = yield [Script(
-        "finish",
+        "finish_despite_full" if despite_full else "finish",
         [state_key(task_id), log_key(task_id), input_key(task_id), result_key(task_id)],
         [channel(task_id), opts.ttl_s, opts.publish, body, status, 100 if type is EventType.SUCCEEDED else progress,
          message, now, error["code"] if error else "", only_status, only_worker, *images],
@@ -476,9 +486,12 @@ def finish(
         ]
         if int(was_pending):
             cleanup.append(Command("ZREM", owner_queue_key(_text(owner)), task_id))
+        yield cleanup  # removals: Redis takes them even when full
         if status == Status.SUCCESS and _text(started):
-            cleanup.append(Script("learn", [runtime_key()], [_text(task_type), round(now - float(_text(started)), 3)]))
-        yield cleanup
+            try:
+                yield [Script("learn", [runtime_key()], [_text(task_type), round(now - float(_text(started)), 3)])]
+            except RedisError as exc:  # a run time not learned changes an ETA, nothing more
+                log.warning("run time of %s not learned: %s", _text(task_type), exc)
     return seq
 
 

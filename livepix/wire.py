@@ -76,6 +76,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN_ORIGIN = "forbidden_origin"
     TOO_MANY_TASKS = "too_many_tasks"
     UNAVAILABLE = "unavailable"
+    STORAGE_FULL = "storage_full"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNKNOWN_OP = "unknown_op"
     INTERNAL_ERROR = "internal_error"
     NO_RESULT = "no_result"
@@ -270,6 +272,12 @@ def owner_queue_key(owner: str) -> str:
 def upkeep_lease_key() -> str:
     """String: the id of the api process doing the upkeep passes, with a short TTL."""
     return f"{KEY_PREFIX}:upkeep:lease"
+
+
+def idempotency_key(owner: str, key_digest: str) -> str:
+    """String: the task an owner's `Idempotency-Key` (by its digest) submitted, and the
+    fingerprint of that request, for the TTL."""
+    return f"{KEY_PREFIX}:idempotency:{owner}:{key_digest}"
 
 
 def deadlines_key() -> str:

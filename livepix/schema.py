@@ -389,12 +389,14 @@ class ErrorBody(_Tolerant):
 
 
 class Links(_Tolerant):
-    status: str
-    result: str
-    result_png: str
-    events: str
-    ws: str
-    cancel: str
+    """Paths of the task's endpoints."""
+
+    status: str = ""
+    result: str = ""
+    result_png: str = ""
+    events: str = ""
+    ws: str = ""
+    cancel: str = ""
 
 
 class Submitted(_Tolerant):

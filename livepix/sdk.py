@@ -109,6 +109,8 @@ def task_body(task: TaskInput, fields: Mapping[str, Any]) -> dict[str, Any]:
     for name in BODY_FIELDS:
         if name != "prompt" and body.get(name) is not None:
             body[name] = encode_image(body[name])
+    if isinstance(body.get("parameters"), BaseModel):
+        body["parameters"] = body["parameters"].model_dump(mode="json", exclude_none=True)
     return body
 
 
@@ -352,10 +354,12 @@ class Client(_Base):
     ) -> Generator[Event, None, None]:
         """The task's events after seq `since`, to the terminal one; resumes by seq across
         network errors and api restarts. `inline=False`: results carry `image_url`."""
+        if transport not in ("sse", "ws"):
+            raise ValueError(f'transport is "sse" or "ws", not {transport!r}')
+        opened = self._sse if transport == "sse" else self._ws
         resume = _Resume(task_id, since, self.reconnect_timeout_s)
         while True:
             problem: BaseException | None = None
-            opened = self._sse if transport == "sse" else self._ws
             events = opened(task_id, resume, inline)
             try:
                 for event in events:
@@ -515,10 +519,12 @@ class AsyncClient(_Base):
         self, task_id: str, since: int = 0, *, transport: Transport = "sse", inline: bool = True
     ) -> AsyncGenerator[Event, None]:
         """As `Client.stream`. Leaving the loop early: close it (`contextlib.aclosing`)."""
+        if transport not in ("sse", "ws"):
+            raise ValueError(f'transport is "sse" or "ws", not {transport!r}')
+        opened = self._sse if transport == "sse" else self._ws
         resume = _Resume(task_id, since, self.reconnect_timeout_s)
         while True:
             problem: BaseException | None = None
-            opened = self._sse if transport == "sse" else self._ws
             events = opened(task_id, resume, inline)
             try:
                 async for event in events:

@@ -17,7 +17,6 @@ from rich.console import Console
 
 from livepix.commands import ProgressView
 from livepix.schema import Event, parse_event
-
 from tests.clients import assert_contiguous, gradient, png_b64, submit, two_tone
 from tests.conftest import Stack
 

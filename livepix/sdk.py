@@ -335,10 +335,11 @@ class Client(_Base):
         """A finished task's result (or its error); `NotReadyError` before it ends."""
         return TaskOutcome.model_validate(self._request("GET", f"/tasks/{task_id}/result/"))
 
-    def result_png(self, task_id: str) -> bytes:
-        """A finished task's image; `NotReadyError` before, `NoResultError` without one."""
+    def result_png(self, task_id: str, index: int = 0) -> bytes:
+        """A finished task's image (`index`: which one, for a task that made several);
+        `NotReadyError` before it ends, `NoResultError` when it ended without one."""
         try:
-            response = self._http.get(f"/tasks/{task_id}/result.png")
+            response = self._http.get(f"/tasks/{task_id}/result.png", params={"index": index})
         except httpx.TransportError as exc:
             raise ConnectionLostError(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 400:
@@ -501,10 +502,10 @@ class AsyncClient(_Base):
         """As `Client.result`."""
         return TaskOutcome.model_validate(await self._request("GET", f"/tasks/{task_id}/result/"))
 
-    async def result_png(self, task_id: str) -> bytes:
+    async def result_png(self, task_id: str, index: int = 0) -> bytes:
         """As `Client.result_png`."""
         try:
-            response = await self._http.get(f"/tasks/{task_id}/result.png")
+            response = await self._http.get(f"/tasks/{task_id}/result.png", params={"index": index})
         except httpx.TransportError as exc:
             raise ConnectionLostError(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 400:

@@ -1,28 +1,36 @@
-"""Validation of submitted tasks (SPEC section 3): shape, parameters with defaults, images.
+"""Validation of submitted tasks (SPEC section 3): the models of livepix/schema.py, and
+their errors told in the seed's shape.
 
-Everything here runs before anything is queued. Errors are collected per field in the
-seed's shape: `{"prompt": ["Prompt is required for image_generation"]}`.
+Everything here runs before anything is queued. Errors are collected per field:
+`{"prompt": ["Prompt is required for image_generation"]}`, `parameters.<name>` for a
+parameter, `non_field_errors` for the body as a whole. Clients show these messages
+next to their form fields, so they are part of the contract: pydantic's own wording
+(`Input should be a valid integer`) is translated here, once, for every model field.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from livepix.images import ImageError, ImageLimits, decode_bytes, open_image
-from livepix.wire import INPAINT_METHODS, STYLE_PRESETS, TaskType
+import annotated_types
+import pydantic
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
-MAX_PROMPT_CHARS = 5000
-MIN_DEADLINE_S, MAX_DEADLINE_S = 1.0, 86_400.0
-MAX_BOXES = 64
-_HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
+from livepix.images import ImageLimits
+from livepix.schema import BODY_FIELDS, MAX_PROMPT_CHARS, PARAMETER_MODELS, TASK_MODELS, Says
+from livepix.wire import TaskType
+
 # JSON may escape a lone UTF-16 surrogate ("\ud800"); such a string cannot become UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 NOT_UNICODE = "must be valid Unicode text (it holds a lone surrogate, \\ud800-\\udfff)"
 MAX_DEPTH = 32  # nested arrays and objects; a task needs 4. Deeper values are refused
 TOO_DEEP = f"must not nest arrays and objects more than {MAX_DEPTH} deep"
+
+# A task's parameters with every default, per task type: copied for a task sent without.
+_DEFAULTS = {task_type: model().model_dump() for task_type, model in PARAMETER_MODELS.items()}
 
 
 class ValidationError(Exception):
@@ -56,233 +64,125 @@ class TaskRequest:
         }
 
 
-class _Errors:
-    def __init__(self) -> None:
-        self.details: dict[str, list[str]] = {}
-
-    def add(self, field: str, message: str) -> None:
-        self.details.setdefault(field, []).append(message)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# A parameter spec: default and a checker returning (value, error message or None).
-Checker = Callable[[Any], tuple[Any, str | None]]
-
-
-def _int_range(lo: int, hi: int, multiple_of: int = 1) -> Checker:
-    def check(value: Any) -> tuple[Any, str | None]:
-        if not _is_int(value):
-            return value, "must be an integer"
-        if not lo <= value <= hi:
-            return value, f"must be between {lo} and {hi}"
-        if value % multiple_of:
-            return value, f"must be a multiple of {multiple_of}"
-        return value, None
-
-    return check
-
-
-def _float_range(lo: float, hi: float) -> Checker:
-    def check(value: Any) -> tuple[Any, str | None]:
-        if not _is_number(value):
-            return value, "must be a number"
-        if not lo <= value <= hi:
-            return value, f"must be between {lo} and {hi}"
-        return float(value), None
-
-    return check
-
-
-def _optional(checker: Checker) -> Checker:
-    def check(value: Any) -> tuple[Any, str | None]:
-        return (None, None) if value is None else checker(value)
-
-    return check
-
-
-def _bool(value: Any) -> tuple[Any, str | None]:
-    return (value, None) if isinstance(value, bool) else (value, "must be true or false")
-
-
-def _text(max_chars: int) -> Checker:
-    def check(value: Any) -> tuple[Any, str | None]:
-        if not isinstance(value, str):
-            return value, "must be a string"
-        if "\x00" in value:
-            return value, "must not contain NUL characters"
-        if len(value) > max_chars:
-            return value, f"must be at most {max_chars} characters"
-        return value, None
-
-    return check
-
-
-def _choice(options: tuple[str, ...]) -> Checker:
-    def check(value: Any) -> tuple[Any, str | None]:
-        if value not in options:
-            return value, f"must be one of: {', '.join(options)}"
-        return value, None
-
-    return check
-
-
-def _color(value: Any) -> tuple[Any, str | None]:
-    """A color as [r, g, b], [r, g, b, a] or "#rrggbb[aa]"; normalized to [r, g, b, a]."""
-    if isinstance(value, str):
-        match = _HEX_COLOR.match(value)
-        if not match:
-            return value, 'must be "#rrggbb", "#rrggbbaa" or a list of 3 or 4 integers 0-255'
-        rgb = [int(match.group(1)[i : i + 2], 16) for i in (0, 2, 4)]
-        alpha = int(match.group(2), 16) if match.group(2) else 255
-        return [*rgb, alpha], None
-    if (
-        isinstance(value, list)
-        and len(value) in (3, 4)
-        and all(_is_int(c) and 0 <= c <= 255 for c in value)
-    ):
-        return (value if len(value) == 4 else [*value, 255]), None
-    return value, 'must be "#rrggbb", "#rrggbbaa" or a list of 3 or 4 integers 0-255'
-
-
-def _boxes(value: Any) -> tuple[Any, str | None]:
-    message = f"must be a list of at most {MAX_BOXES} boxes [x0, y0, x1, y1] with x0 < x1 and y0 < y1"
-    if not isinstance(value, list) or not 0 < len(value) <= MAX_BOXES:
-        return value, message
-    for box in value:
-        if not (
-            isinstance(box, list) and len(box) == 4 and all(_is_int(c) and c >= 0 for c in box)
-        ):
-            return value, message
-        if not (box[0] < box[2] and box[1] < box[3]):
-            return value, message
-    return value, None
-
-
-_SEED = _optional(_int_range(0, 2**32 - 1))
-_STEPS = _int_range(1, 150)
-
-PARAMETERS: dict[TaskType, dict[str, tuple[Any, Checker]]] = {
-    TaskType.IMAGE_GENERATION: {
-        "width": (512, _int_range(64, 2048, 8)),
-        "height": (512, _int_range(64, 2048, 8)),
-        "steps": (25, _STEPS),
-        "guidance_scale": (7.5, _float_range(0.0, 30.0)),
-        "negative_prompt": ("", _text(MAX_PROMPT_CHARS)),
-        "seed": (None, _SEED),
-    },
-    TaskType.FACE_SWAP: {
-        "source_face_index": (0, _int_range(0, 63)),
-        "target_face_index": (None, _optional(_int_range(0, 63))),
-    },
-    TaskType.STYLE_TRANSFER: {
-        "style": (None, _optional(_choice(tuple(STYLE_PRESETS)))),
-        "strength": (0.55, _float_range(0.05, 1.0)),
-        "steps": (25, _STEPS),
-        "guidance_scale": (7.5, _float_range(0.0, 30.0)),
-        "seed": (None, _SEED),
-    },
-    TaskType.BACKGROUND_REMOVAL: {
-        "only_mask": (False, _bool),
-        "alpha_matting": (False, _bool),
-        "bgcolor": (None, _optional(_color)),
-    },
-    TaskType.OBJECT_REMOVAL: {
-        "boxes": (None, _optional(_boxes)),
-        "dilate_px": (6, _int_range(0, 64)),
-        "method": ("auto", _choice(INPAINT_METHODS)),
-    },
-}
-
-_IMAGE_FIELDS = {
-    TaskType.IMAGE_GENERATION: (),
-    TaskType.FACE_SWAP: ("image", "target_image"),
-    TaskType.STYLE_TRANSFER: ("image",),
-    TaskType.BACKGROUND_REMOVAL: ("image",),
-    TaskType.OBJECT_REMOVAL: ("image",),
-}
-
-
 def validate_task(body: Any, limits: ImageLimits) -> TaskRequest:
     """Check a submit body and return the normalized task, or raise `ValidationError`.
 
-    Decodes every image fully (this is CPU work: call it from a thread).
+    Decodes every image fully (this is CPU work: call it from a thread when it is big).
     """
-    errors = _Errors()
     if not isinstance(body, dict):
         raise ValidationError({"non_field_errors": ["The request body must be a JSON object"]})
     _check_json(body)
-
     raw_type = body.get("task_type")
     try:
         task_type = TaskType(str(raw_type))
     except ValueError:
         if raw_type is None:
-            errors.add("task_type", "This field is required")
-        else:
-            choices = ", ".join(t.value for t in TaskType)
-            errors.add("task_type", f'"{_shown(raw_type)}" is not a valid choice; choose one of: {choices}')
-        raise ValidationError(errors.details) from None
-
-    known = {"task_type", "prompt", "image", "target_image", "mask", "parameters", "deadline_s"}
-    for extra in sorted(set(body) - known):
-        errors.add(extra, "Unknown field")
-
-    prompt = _validate_prompt(task_type, body.get("prompt"), errors)
-    deadline_s, problem = _optional(_float_range(MIN_DEADLINE_S, MAX_DEADLINE_S))(body.get("deadline_s"))
-    if problem:
-        errors.add("deadline_s", f"deadline_s {problem} (seconds)")
-    parameters = _validate_parameters(task_type, body.get("parameters"), errors)
-
-    images: dict[str, str | None] = {"image": None, "target_image": None, "mask": None}
-    sizes: dict[str, tuple[int, int]] = {}
-    wanted = _IMAGE_FIELDS[task_type] + (("mask",) if task_type is TaskType.OBJECT_REMOVAL else ())
-    for name in ("image", "target_image", "mask"):
-        value = body.get(name)
-        if value is None:
-            if name in _IMAGE_FIELDS[task_type]:
-                errors.add(name, f"An image is required for {task_type.value}")
-            continue
-        if name not in wanted:
-            errors.add(name, f"{task_type.value} takes no {name}")
-            continue
-        if not isinstance(value, str):
-            errors.add(name, "must be a base64 string")
-            continue
-        try:
-            raw = decode_bytes(value)
-            with open_image(raw, limits) as image:
-                sizes[name] = image.size
-        except ImageError as exc:
-            errors.add(name, f"Invalid image: {exc}")
-            continue
-        images[name] = "".join(value.partition(",")[2].split()) if value.startswith("data:") else value
-
-    if task_type is TaskType.STYLE_TRANSFER and not prompt and not parameters.get("style"):
-        errors.add("parameters.style", "A style preset or a prompt is required for style_transfer")
-    if task_type is TaskType.OBJECT_REMOVAL:
-        if body.get("mask") is None and parameters.get("boxes") is None:
-            errors.add("mask", "A mask image or parameters.boxes is required for object_removal")
-        elif "image" in sizes and "mask" in sizes and sizes["image"] != sizes["mask"]:
-            errors.add("mask", f"The mask is {_wh(sizes['mask'])} but the image is {_wh(sizes['image'])}")
-
-    if errors.details:
-        raise ValidationError(errors.details)
+            raise ValidationError({"task_type": ["This field is required"]}) from None
+        choices = ", ".join(t.value for t in TaskType)
+        message = f'"{_shown(raw_type)}" is not a valid choice; choose one of: {choices}'
+        raise ValidationError({"task_type": [message]}) from None
+    try:
+        task = TASK_MODELS[task_type].model_validate(body, strict=True, context={"limits": limits})
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_details(task_type, exc)) from None
+    fields = vars(task)  # not getattr: a field this task type lacks costs an exception
+    parameters = task.parameters
     return TaskRequest(
         task_type=task_type,
-        prompt=prompt,
-        image=images["image"],
-        target_image=images["target_image"],
-        mask=images["mask"],
-        parameters=parameters,
-        deadline_s=deadline_s,
+        prompt=fields.get("prompt"),
+        image=fields.get("image"),
+        target_image=fields.get("target_image"),
+        mask=fields.get("mask"),
+        parameters=dict(_DEFAULTS[task_type]) if parameters is None else parameters.model_dump(),
+        deadline_s=task.deadline_s,
     )
+
+
+def _details(task_type: TaskType, exc: pydantic.ValidationError) -> dict[str, list[str]]:
+    details: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        field, message = _told(task_type, error)
+        messages = details.setdefault(field, [])
+        if message not in messages:  # a union (a color) fails once per member
+            messages.append(message)
+    return details
+
+
+def _told(task_type: TaskType, error: ErrorDetails) -> tuple[str, str]:
+    """(the `details` key, the message) of one pydantic error."""
+    loc, kind, name = error["loc"], error["type"], task_type.value
+    if not loc:  # a check across fields names the field it reports under
+        return str((error.get("ctx") or {})["field"]), error["msg"]
+    field = str(loc[0])
+    if field == "parameters":
+        if len(loc) == 1:
+            return field, "must be a JSON object"
+        parameter = str(loc[1])
+        known = PARAMETER_MODELS[task_type].model_fields
+        if kind == "extra_forbidden" or parameter not in known:
+            return f"parameters.{parameter}", f"Unknown parameter for {name}"
+        return f"parameters.{parameter}", f"{parameter} {_problem(known[parameter], error)}"
+    if kind == "extra_forbidden":
+        return field, f"{name} takes no {field}" if field in BODY_FIELDS else "Unknown field"
+    if field == "prompt":
+        return field, _prompt_problem(name, error)
+    if field in BODY_FIELDS:  # an image
+        if kind == "missing":
+            return field, f"An image is required for {name}"
+        return field, "must be a base64 string" if kind == "string_type" else error["msg"]
+    problem = _problem(TASK_MODELS[task_type].model_fields[field], error)
+    return field, f"{field} {problem}" + (" (seconds)" if field.endswith("_s") else "")
+
+
+def _prompt_problem(task_type: str, error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind in ("missing", "blank", "string_too_short"):
+        return f"Prompt is required for {task_type}"
+    if kind == "string_type":
+        return "Prompt must be a string"
+    if kind == "string_too_long":
+        return f"Prompt must be at most {MAX_PROMPT_CHARS} characters"
+    return f"Prompt {error['msg']}"
+
+
+_RANGE_ERRORS = frozenset({"greater_than_equal", "less_than_equal", "greater_than", "less_than"})
+_TYPE_ERRORS = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "float_type": "must be a number",
+}
+
+
+def _problem(field: FieldInfo, error: ErrorDetails) -> str:
+    """What is wrong with a value of `field`, in the words of the seed's validators."""
+    for item in field.metadata:
+        if isinstance(item, Says):
+            return item.message
+    kind, value = error["type"], error.get("input")
+    lo, hi = _bound(field, annotated_types.Ge), _bound(field, annotated_types.Le)
+    # A float field refuses an int past its range as not a float; pydantic checks
+    # `multiple_of` before the range: the range is what the user needs to hear.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    out_of_range = number and lo is not None and hi is not None and not lo <= value <= hi
+    if kind in _RANGE_ERRORS or (out_of_range and kind in ("float_type", "multiple_of")):
+        return f"must be between {lo} and {hi}"
+    if kind in _TYPE_ERRORS:
+        return _TYPE_ERRORS[kind]
+    ctx = error.get("ctx") or {}
+    if kind == "multiple_of":
+        return f"must be a multiple of {ctx['multiple_of']}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    return error["msg"]  # the checks of livepix/schema.py say their own words
+
+
+def _bound(field: FieldInfo, kind: type[annotated_types.Ge | annotated_types.Le]) -> Any:
+    for item in field.metadata:
+        if isinstance(item, kind):
+            return item.ge if isinstance(item, annotated_types.Ge) else item.le
+    return None
 
 
 def json_problem(value: Any) -> str | None:
@@ -318,50 +218,3 @@ def _shown(value: Any, limit: int = 60) -> str:
     """`value` as echoed in an error message: never more than `limit` characters of it."""
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _wh(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
-def _validate_prompt(task_type: TaskType, value: Any, errors: _Errors) -> str | None:
-    takes_prompt = task_type in (TaskType.IMAGE_GENERATION, TaskType.STYLE_TRANSFER)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if task_type is TaskType.IMAGE_GENERATION:
-            errors.add("prompt", "Prompt is required for image_generation")
-        return None
-    if not takes_prompt:
-        errors.add("prompt", f"{task_type.value} takes no prompt")
-        return None
-    if not isinstance(value, str):
-        errors.add("prompt", "Prompt must be a string")
-        return None
-    if "\x00" in value:
-        errors.add("prompt", "Prompt must not contain NUL characters")
-        return None
-    if len(value) > MAX_PROMPT_CHARS:
-        errors.add("prompt", f"Prompt must be at most {MAX_PROMPT_CHARS} characters")
-        return None
-    return value.strip()
-
-
-def _validate_parameters(task_type: TaskType, value: Any, errors: _Errors) -> dict[str, Any]:
-    spec = PARAMETERS[task_type]
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        errors.add("parameters", "must be a JSON object")
-        value = {}
-    result: dict[str, Any] = {}
-    for name in sorted(set(value) - set(spec)):
-        errors.add(f"parameters.{name}", f"Unknown parameter for {task_type.value}")
-    for name, (default, check) in spec.items():
-        if name not in value:
-            result[name] = default
-            continue
-        checked, problem = check(value[name])
-        if problem:
-            errors.add(f"parameters.{name}", f"{name} {problem}")
-        else:
-            result[name] = checked
-    return result

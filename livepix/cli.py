@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -123,51 +122,9 @@ CLIENT_COMMANDS = ("submit", "watch", "status", "result", "cancel")
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from . import client as c
+    from . import commands  # the SDK and rich: only for the client commands
 
-    api = c.Client(args.url, args.api_key)
-    try:
-        if args.command == "submit":
-            task: dict[str, object] = {"task_type": args.task_type}
-            if args.prompt is not None:
-                task["prompt"] = args.prompt
-            for field_name, path in (("image", args.image), ("target_image", args.target), ("mask", args.mask)):
-                if path:
-                    task[field_name] = c.image_b64(path)
-            parameters = {}
-            for pair in args.param:
-                key, sep, value = pair.partition("=")
-                if not sep:
-                    raise c.ClientError(f"--param takes K=V, not {pair!r}", c.EXIT_USAGE)
-                parameters[key] = c.parse_value(value)
-            if parameters:
-                task["parameters"] = parameters
-            answer = api.submit(task)
-            print(answer["task_id"], file=sys.stderr if args.json else sys.stdout, flush=True)
-            if not args.watch:
-                return c.EXIT_OK
-            return c.watch(api, answer["task_id"], transport=args.transport, as_json=args.json, output=args.output)
-        if args.command == "watch":
-            return c.watch(
-                api, args.task_id, transport=args.transport, as_json=args.json, output=args.output,
-                cancel_on_exit=args.cancel_on_exit, since=args.since,
-            )
-        if args.command == "status":
-            print(json.dumps(api.status(args.task_id), indent=2))
-            return c.EXIT_OK
-        if args.command == "cancel":
-            print(json.dumps(api.cancel(args.task_id)))
-            return c.EXIT_OK
-        body = api.result(args.task_id)
-        if body["status"] != "SUCCESS":
-            error = body.get("error", {})
-            print(f"{body['status']}: {error.get('message')} ({error.get('code')})", file=sys.stderr)
-            return c.TERMINAL.get({"FAILURE": "failed", "REVOKED": "cancelled"}.get(body["status"], "failed"), 1)
-        print(c.save_result(body, args.output or f"{args.task_id}.png"))
-        return c.EXIT_OK
-    except c.ClientError as exc:
-        print(f"livepix {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return commands.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

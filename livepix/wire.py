@@ -81,6 +81,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_OP = "unknown_op"
     INTERNAL_ERROR = "internal_error"
     NO_RESULT = "no_result"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # 409: the same Idempotency-Key, another body
     CANCELLED = "cancelled"
     # Failures of a task, carried by `failed` events.
     MODEL_UNAVAILABLE = "model_unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,10 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from rich.console import Console
 
+from livepix.commands import ProgressView
+from livepix.schema import Event, parse_event
 from tests.clients import assert_contiguous, gradient, png_b64, submit, two_tone
 from tests.conftest import Stack
 
@@ -116,3 +120,44 @@ def test_ctrl_c_leaves_the_task_running_and_says_how_to_resume(new_stack: Stack)
     assert f"livepix watch {task_id}" in stderr
     status = json.loads(livepix("status", task_id, base=base).stdout)
     assert status["status"] == "PENDING"
+
+
+def _events(task_id: str = "t") -> list[Event]:
+    base = {"task_id": task_id, "ts": 1.0}
+    return [parse_event(e) for e in (
+        {**base, "seq": 1, "type": "queued", "status": "PENDING", "message": "Queued", "position": 2, "eta_s": 14.2},
+        {**base, "seq": 2, "type": "started", "status": "PROCESSING", "message": "Started", "queue": "cpu"},
+        {**base, "seq": 3, "type": "progress", "status": "PROCESSING", "progress": 40, "message": "Inpainting",
+         "eta_s": 12.0, "step": 4, "total": 10},
+        {**base, "seq": 4, "type": "succeeded", "status": "SUCCESS", "progress": 100, "message": "Done",
+         "result": {"status": "SUCCESS", "image_data": "", "metadata": {}}},
+    )]
+
+
+def test_progress_off_a_terminal_is_one_stable_plain_line_per_change() -> None:
+    out = io.StringIO()
+    view = ProgressView(out)
+    for event in _events():
+        view.show(event)
+    view.close()
+    assert out.getvalue().splitlines() == [
+        "queued: position 2, about 14 s",
+        "[....................]   0% Started",
+        "[########............]  40% Inpainting",
+        "succeeded: Done",
+    ]
+
+
+def test_progress_on_a_terminal_is_a_live_bar_with_percent_and_eta() -> None:
+    out = io.StringIO()
+    view = ProgressView(out, Console(file=out, force_terminal=True, width=100, color_system=None))
+    events = _events()
+    view.show(events[0])
+    queued = out.getvalue()
+    for event in events[1:]:
+        view.show(event)
+    text = out.getvalue()
+    assert "queued: position 2" in queued and "ETA 0:14" in queued
+    assert "Inpainting" in text and "40%" in text and "ETA 0:12" in text
+    assert "━" in text  # rich's bar
+    assert text.rstrip().endswith("succeeded: Done")

@@ -1,6 +1,8 @@
 """The OpenAPI document: valid 3.1, covers every HTTP route, and agrees with the validators.
 
-Imports modules only: no Redis, no app lifespan.
+Imports modules only: no Redis, no app lifespan. The schemas are generated from the
+models that validate; these tests check that what the document says is what
+`validate_task` does (bounds, defaults, nullability, choices).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from starlette.testclient import TestClient
 
 from app.main import API, build_routes
 from app.openapi import DOCUMENT, openapi
-from app.validation import PARAMETERS, Checker
+from app.validation import ValidationError, validate_task
 from livepix import wire
+from livepix.images import ImageLimits
 from livepix.wire import ErrorCode, TaskType
 
 SCHEMAS: dict[str, Any] = DOCUMENT["components"]["schemas"]
@@ -85,40 +88,65 @@ def test_task_id_is_a_uuid_path_parameter() -> None:
 def test_error_codes_and_statuses_come_from_the_wire() -> None:
     assert SCHEMAS["Error"]["properties"]["code"]["enum"] == [c.value for c in ErrorCode]
     assert SCHEMAS["TaskStatus"]["properties"]["status"]["enum"] == [s.value for s in wire.Status]
-    assert SCHEMAS["Event"]["properties"]["type"]["enum"] == [e.value for e in wire.EventType]
+    mapping = SCHEMAS["Event"]["discriminator"]["mapping"]
+    assert set(mapping) == {e.value for e in wire.EventType}
+    for event_type, ref in mapping.items():
+        assert SCHEMAS[ref.rsplit("/", 1)[1]]["properties"]["type"]["const"] == event_type
 
 
 def test_event_and_result_schemas_have_the_wire_fields() -> None:
-    assert set(SCHEMAS["Event"]["properties"]) == set(wire.Event.__annotations__)
+    events = [SCHEMAS[ref.rsplit("/", 1)[1]] for ref in SCHEMAS["Event"]["discriminator"]["mapping"].values()]
+    fields = set().union(*(event["properties"] for event in events))
+    assert fields == set(wire.Event.__annotations__)
     assert set(wire.TaskResult.__annotations__) <= set(SCHEMAS["TaskResult"]["properties"])
+
+
+# A valid body of each task type, to vary one parameter in.
+VALID: dict[TaskType, dict[str, Any]] = {
+    TaskType.IMAGE_GENERATION: {"task_type": "image_generation", "prompt": "a fox"},
+    TaskType.FACE_SWAP: {"task_type": "face_swap", "image": PNG_1PX, "target_image": PNG_1PX},
+    TaskType.STYLE_TRANSFER: {"task_type": "style_transfer", "image": PNG_1PX, "prompt": "ink"},
+    TaskType.BACKGROUND_REMOVAL: {"task_type": "background_removal", "image": PNG_1PX},
+    TaskType.OBJECT_REMOVAL: {"task_type": "object_removal", "image": PNG_1PX, "mask": PNG_1PX},
+}
+
+
+def validates(task_type: TaskType, name: str, value: Any) -> bool:
+    """Whether the api's validation takes `value` for parameter `name`; a refusal must
+    name that parameter and nothing else."""
+    try:
+        validate_task({**VALID[task_type], "parameters": {name: value}}, ImageLimits())
+    except ValidationError as exc:
+        assert list(exc.details) == [f"parameters.{name}"], exc.details
+        return False
+    return True
 
 
 @pytest.mark.parametrize("task_type", list(TaskType), ids=str)
 def test_parameter_schemas_agree_with_the_validators(task_type: TaskType) -> None:
     properties = SCHEMAS[camel(task_type) + "Parameters"]["properties"]
-    assert set(properties) == set(PARAMETERS[task_type])
-    for name, (default, check) in PARAMETERS[task_type].items():
-        schema = properties[name]
-        assert schema["default"] == default, name
-        jsonschema.Draft202012Validator(schema).validate(default)
-
-        def accepts(value: Any, check: Checker = check) -> bool:
-            return check(value)[1] is None
-
-        types = schema.get("type", [])
-        nullable = "null" in types or {"type": "null"} in schema.get("anyOf", [])
-        assert accepts(None) is nullable, name
-        if "minimum" in schema:
-            lo, hi = schema["minimum"], schema["maximum"]
-            below = 1 if "integer" in types else 0.01
-            assert accepts(lo) and accepts(hi), name
-            assert not accepts(lo - below) and not accepts(hi + below), name
-            if "multipleOf" in schema:
-                assert not accepts(lo + 1), name
+    defaults = validate_task(VALID[task_type], ImageLimits()).parameters
+    assert {name: schema["default"] for name, schema in properties.items()} == defaults
+    for name, schema in properties.items():
+        jsonschema.Draft202012Validator(schema).validate(schema["default"])
+        members = schema.get("anyOf", [schema])
+        nullable = {"type": "null"} in members
+        assert validates(task_type, name, None) is nullable, name
+        for member in members:
+            if "minimum" in member:
+                lo, hi = member["minimum"], member["maximum"]
+                below = 1 if member["type"] == "integer" else 0.01
+                assert validates(task_type, name, lo) and validates(task_type, name, hi), name
+                assert not validates(task_type, name, lo - below), name
+                assert not validates(task_type, name, hi + below), name
+                if "multipleOf" in member:
+                    assert not validates(task_type, name, lo + 1), name
+                if member["type"] == "integer":
+                    assert not validates(task_type, name, True), name  # a bool is no int
         for value in schema.get("enum", []):
-            assert accepts(value), (name, value)
+            assert validates(task_type, name, value), (name, value)
         if "enum" in schema:
-            assert not accepts("no-such-choice"), name
+            assert not validates(task_type, name, "no-such-choice"), name
 
 
 @pytest.mark.parametrize(

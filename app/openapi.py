@@ -143,6 +143,9 @@ _PATHS: dict[str, Schema] = {
         "429": _error("The owner already has `LIVEPIX_MAX_QUEUED_PER_OWNER` waiting tasks",
                       (ErrorCode.TOO_MANY_TASKS, "Too many waiting tasks")) | {"headers": _RETRY_AFTER},
         "503": _503,
+        "507": _error("Redis refuses writes: its maxmemory is reached; retry after `Retry-After` seconds",
+                      (ErrorCode.STORAGE_FULL, "The service's storage is full; retry later"))
+               | {"headers": _RETRY_AFTER},
     }, parameters=[_IDEMPOTENCY_KEY], requestBody={
         "required": True, "content": {"application/json": {"schema": _ref("TaskRequest")}}})},
     TASK + "/status/": {"parameters": [_TASK_ID], "get": _op(

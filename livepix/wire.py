@@ -77,7 +77,6 @@ class ErrorCode(StrEnum):
     TOO_MANY_TASKS = "too_many_tasks"
     UNAVAILABLE = "unavailable"
     STORAGE_FULL = "storage_full"
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNKNOWN_OP = "unknown_op"
     INTERNAL_ERROR = "internal_error"
     NO_RESULT = "no_result"

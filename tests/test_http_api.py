@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 
@@ -222,3 +224,42 @@ def test_waiting_tasks_get_an_eta_once_run_times_are_known(new_stack: Stack) -> 
     events = sse_events(base, waiting[1])
     assert any(e["type"] == "queued" and "eta_s" in e for e in events)
     assert events[-1]["type"] == "succeeded"
+
+
+def test_a_retried_submit_with_its_idempotency_key_answers_the_same_task(new_stack: Stack) -> None:
+    base = new_stack.add_api()  # no worker: the tasks wait
+    body = {"task_type": "background_removal", "image": png_b64(two_tone())}
+    url = f"{base}{API}/tasks/submit/"
+    first = httpx.post(url, json=body, headers={"Idempotency-Key": "order-17"})
+    again = httpx.post(url, json=body, headers={"Idempotency-Key": "order-17"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+    assert httpx.get(f"{base}{API}/queues").json()["queues"]["cpu"]["pending"] == 1
+    other = httpx.post(url, json={**body, "parameters": {"only_mask": True}}, headers={"Idempotency-Key": "order-17"})
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+    fresh = httpx.post(url, json=body, headers={"Idempotency-Key": "order-18"})
+    assert fresh.json()["task_id"] != first.json()["task_id"]
+    bad = httpx.post(url, json=body, headers={"Idempotency-Key": "x" * 201})
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["details"]
+    # the same key over /ws answers the same task, subscribed
+    with ws_client.connect(ws_url(base, "/ws"), open_timeout=10) as ws:
+        ws.send(json.dumps({"op": "submit", "request_id": "r1", "task": body, "idempotency_key": "order-17"}))
+        reply = json.loads(ws.recv(timeout=10))
+        assert reply["op"] == "submitted" and reply["task_id"] == first.json()["task_id"] and reply["replayed"]
+
+
+def test_concurrent_submits_with_one_key_make_one_task(new_stack: Stack) -> None:
+    base = new_stack.add_api()
+    body = {"task_type": "background_removal", "image": png_b64(two_tone())}
+
+    async def main() -> set[str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(*(
+                client.post(f"{base}{API}/tasks/submit/", json=body, headers={"Idempotency-Key": "burst"})
+                for _ in range(8)
+            ))
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+        return {a.json()["task_id"] for a in answers}
+
+    assert len(asyncio.run(main())) == 1

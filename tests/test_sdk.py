@@ -418,8 +418,6 @@ def test_the_async_client_resends_with_the_key_it_was_given(losing: LosingProxy)
     assert task_id == _body(losing.answers[1])["task_id"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the api does not honour Idempotency-Key yet (issue 13, item 3)")
 def test_a_submit_sent_again_with_its_key_answers_the_same_task(losing: LosingProxy) -> None:
     with Client(losing.url) as client:
         submitted = client.submit(task_type="background_removal", image=png(two_tone()))

@@ -101,7 +101,7 @@ class Runner:
         result = TaskResult(status="SUCCESS", metadata=metadata)
         if output.prompt_used is not None:
             result["prompt_used"] = output.prompt_used
-        return result, [encode_png(output.image)]
+        return result, [encode_png(image) for image in output.images]
 
     def _image(self, request: dict[str, Any], name: str) -> Any:
         data = request.get(name)

@@ -43,7 +43,7 @@ from .errors import (
     TaskFailedError,
 )
 from .schema import Event
-from .sdk import Client
+from .sdk import Client, output_paths
 from .wire import EventType
 
 EXIT_OK = 0
@@ -195,8 +195,8 @@ def watch(
         else:
             print(f"\nthe task goes on; resume with: livepix watch {task_id}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    path = result.save(output or f"{task_id}.png")
-    print(f"saved {path}", file=sys.stderr if as_json else sys.stdout)
+    for path in result.save(output or f"{task_id}.png"):
+        print(f"saved {path}", file=sys.stderr if as_json else sys.stdout)
     return EXIT_OK
 
 
@@ -228,11 +228,14 @@ def result(client: Client, task_id: str, output: str | None) -> int:
         code, message = (outcome.error.code, outcome.error.message) if outcome.error else ("?", "")
         print(f"{outcome.status}: {message} ({code})", file=sys.stderr)
         return EXIT_CANCELLED if outcome.status == "REVOKED" else EXIT_FAILED
+    outputs = [base64.b64decode(b64) for b64 in outcome.result.images or []]
     data = outcome.result.image_data
-    png = base64.b64decode(data) if data else client.result_png(task_id)
-    path = Path(output or f"{task_id}.png")
-    path.write_bytes(png)
-    print(path)
+    if not outputs:
+        outputs = [base64.b64decode(data) if data else client.result_png(task_id)]
+    paths = output_paths(output or f"{task_id}.png", len(outputs))
+    for one, png in zip(paths, outputs, strict=True):
+        one.write_bytes(png)
+        print(one)
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ from .wire import (
 
 MAX_PROMPT_CHARS = 5000
 MAX_BOXES = 64
+MAX_OUTPUTS = 4  # images one generation or style transfer makes at most
 MIN_DEADLINE_S, MAX_DEADLINE_S = 1.0, 86_400.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,200}$"  # 1-200 printable ASCII characters
@@ -119,6 +120,11 @@ class _Strict(BaseModel):
 # --- parameters ----------------------------------------------------------------------
 
 
+def _num_outputs() -> Any:
+    return Field(1, ge=1, le=MAX_OUTPUTS, description=(
+        "Images to make, in one batch, with the seeds seed, seed+1, ...: the result's `images`."))
+
+
 class ImageGenerationParameters(_Strict):
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="Output width in px.")
     height: int = Field(512, ge=64, le=2048, multiple_of=8, description="Output height in px.")
@@ -126,6 +132,7 @@ class ImageGenerationParameters(_Strict):
     guidance_scale: float = _guidance()
     negative_prompt: Text = Field("", max_length=MAX_PROMPT_CHARS)
     seed: int | None = _seed()
+    num_outputs: int = _num_outputs()
 
 
 class FaceSwapParameters(_Strict):
@@ -145,6 +152,7 @@ class StyleTransferParameters(_Strict):
     steps: int = _steps()
     guidance_scale: float = _guidance()
     seed: int | None = _seed()
+    num_outputs: int = _num_outputs()
 
 
 class BackgroundRemovalParameters(_Strict):
@@ -375,8 +383,10 @@ class TaskResult(_Tolerant):
     prompt_used: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     images: list[str] | None = Field(
-        None, description="Every output as base64 PNG, when a task made several",
+        None, description="Every output as base64 PNG (the first is `image_data`), when a task made several",
         json_schema_extra={"items": {"contentEncoding": "base64", "contentMediaType": "image/png"}})
+    image_urls: list[str] | None = Field(
+        None, description="Every output's result.png path, instead of `images`, on streams opened with inline=0")
 
 
 class ErrorBody(_Tolerant):

@@ -38,7 +38,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlencode
@@ -116,19 +116,24 @@ def task_body(task: TaskInput, fields: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """A finished task's image."""
+    """A finished task's images: `png` the first, `images` every one (a generation or
+    style transfer with `num_outputs` makes several)."""
 
     task_id: str
     png: bytes
     metadata: dict[str, Any]
     prompt_used: str | None
     event: SucceededEvent
+    images: list[bytes] = field(default_factory=list)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the PNG to `path`; returns it."""
-        target = Path(path)
-        target.write_bytes(self.png)
-        return target
+    def save(self, path: str | os.PathLike[str]) -> list[Path]:
+        """Write the PNG to `path`, or, for several outputs, `out.png` as `out-0.png`,
+        `out-1.png`, ...; returns the paths written."""
+        outputs = self.images or [self.png]
+        paths = output_paths(path, len(outputs))
+        for one, png in zip(paths, outputs, strict=True):
+            one.write_bytes(png)
+        return paths
 
 
 class _Resume:
@@ -440,7 +445,8 @@ class Client(_Base):
     def _result(self, event: SucceededEvent) -> Result:
         data = event.result.image_data
         png = base64.b64decode(data) if data else self.result_png(event.task_id)
-        return Result(event.task_id, png, event.result.metadata, event.result.prompt_used, event)
+        images = _images(event) or [self.result_png(event.task_id, i) for i in range(len(event.result.image_urls or []))]
+        return Result(event.task_id, png, event.result.metadata, event.result.prompt_used, event, images or [png])
 
 
 class AsyncClient(_Base):
@@ -609,4 +615,20 @@ class AsyncClient(_Base):
     async def _result(self, event: SucceededEvent) -> Result:
         data = event.result.image_data
         png = base64.b64decode(data) if data else await self.result_png(event.task_id)
-        return Result(event.task_id, png, event.result.metadata, event.result.prompt_used, event)
+        images = _images(event) or [await self.result_png(event.task_id, i)
+                                    for i in range(len(event.result.image_urls or []))]
+        return Result(event.task_id, png, event.result.metadata, event.result.prompt_used, event, images or [png])
+
+
+def output_paths(path: str | os.PathLike[str], count: int) -> list[Path]:
+    """Where `count` outputs saved as `path` go: `path` itself for one, `out-0.png`,
+    `out-1.png`, ... for `out.png` and several."""
+    target = Path(path)
+    if count == 1:
+        return [target]
+    return [target.with_name(f"{target.stem}-{i}{target.suffix or '.png'}") for i in range(count)]
+
+
+def _images(event: SucceededEvent) -> list[bytes]:
+    """Every output of a result that carries them inline (`images`)."""
+    return [base64.b64decode(b64) for b64 in event.result.images or []]

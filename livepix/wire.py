@@ -105,6 +105,8 @@ class TaskResult(TypedDict):
     status: str
     image_data: NotRequired[str]  # base64 PNG
     image_url: NotRequired[str]  # instead of image_data, for clients asking inline=0
+    images: NotRequired[list[str]]  # every output, base64 PNG, when there are several
+    image_urls: NotRequired[list[str]]  # instead of images, for clients asking inline=0
     metadata: dict[str, Any]
     prompt_used: NotRequired[str]
 

@@ -156,6 +156,20 @@ function render(t) {
     setSrc($('img', figure), url);
     Object.assign($('.download', figure), { href: url, download: `livepix-${t.id.slice(0, 8)}.png` });
     $('.prompt-used', figure).textContent = t.result.prompt_used ? `Prompt: ${t.result.prompt_used}` : '';
+    // A batch (num_outputs): every output after the first, each with its own download.
+    const more = $('.more-outputs', figure);
+    const extra = (t.result.images || []).slice(1);
+    if (more.childElementCount !== extra.length) {
+      more.replaceChildren(...extra.map((b64, i) => {
+        const src = `data:image/png;base64,${b64}`;
+        const link = make('a', `Download ${i + 2}`);
+        Object.assign(link, { href: src, download: `livepix-${t.id.slice(0, 8)}-${i + 1}.png`, className: 'download' });
+        const img = Object.assign(document.createElement('img'), { src, alt: `Result ${i + 2}` });
+        const cell = make('div');
+        cell.append(img, link);
+        return cell;
+      }));
+    }
   }
   const error = $('.error', el);
   error.hidden = !t.error && !t.note;
@@ -342,7 +356,8 @@ function buildTask() {
   let p = {};
   if (type === 'image_generation' || type === 'style_transfer') {
     task.prompt = text('prompt');
-    p = { steps: num('steps'), guidance_scale: num('guidance_scale'), seed: num('seed') };
+    p = { steps: num('steps'), guidance_scale: num('guidance_scale'), seed: num('seed'),
+          num_outputs: num('num_outputs') };
   }
   if (type !== 'image_generation' && type !== 'object_removal') task.image = images.image?.url;
   if (type === 'image_generation') {

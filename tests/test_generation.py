@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from PIL import Image
+from PIL import Image, ImageChops
 
 from actors.recorder import PREVIEW_COST_FACTOR, Recorder, Reporter
 from livepix.config import load_settings
@@ -205,3 +208,48 @@ def test_a_missing_model_fails_model_unavailable_quickly(new_stack: Stack, tmp_p
     assert events[-1]["error"]["code"] == "model_unavailable"
     assert "LIVEPIX_TXT2IMG_MODEL" in events[-1]["error"]["message"]
     assert time.monotonic() - started < 15
+
+
+def test_several_outputs_come_from_one_batch_with_consecutive_seeds(gpu: Stack, tmp_path: Path) -> None:
+    """num_outputs: one batch of images with seeds seed, seed+1; `images` has them all,
+    `result.png?index=N` serves each, the previews show the batch as one grid, and each
+    output is the image its seed alone makes (same noise) up to the batch's arithmetic."""
+    events = sse_events(gpu.url, submit(gpu.url, generation(steps=3, seed=41, num_outputs=3)))
+    assert_contiguous(events)
+    final = events[-1]
+    assert final["type"] == "succeeded", final
+    result = final["result"]
+    assert result["metadata"]["seeds"] == [41, 42, 43]
+    pngs = [decode_png(b64) for b64 in result["images"]]
+    assert len(pngs) == 3 and all(p.size == (64, 64) for p in pngs)
+    assert result["images"][0] == result["image_data"]
+    assert len({p.tobytes() for p in pngs}) == 3  # three seeds, three pictures
+    for index, b64 in enumerate(result["images"]):
+        served = httpx.get(f"{gpu.url}{API}/tasks/{final['task_id']}/result.png", params={"index": index})
+        assert served.status_code == 200 and base64.b64encode(served.content).decode() == b64
+    beyond = httpx.get(f"{gpu.url}{API}/tasks/{final['task_id']}/result.png", params={"index": 3})
+    assert beyond.status_code == 400 and beyond.json()["code"] == "invalid_input"
+    grids = [decode_jpeg(e["preview"]) for e in events if "preview" in e]
+    assert grids and all(size == (128, 128) for size in grids)  # 2 x 2 cells of 64 px
+    alone = sse_events(gpu.url, submit(gpu.url, generation(steps=3, seed=42)))[-1]["result"]
+    difference = ImageChops.difference(decode_png(alone["image_data"]).convert("RGB"), pngs[1].convert("RGB"))
+    assert max(difference.getextrema(), key=lambda band: band[1])[1] <= 8  # batch arithmetic only
+    by_ref = sse_events(gpu.url, final["task_id"], query="?since=0&inline=0")[-1]["result"]
+    assert "images" not in by_ref and len(by_ref["image_urls"]) == 3 and by_ref["image_urls"][2].endswith("?index=2")
+
+    # the CLI saves -o out.png as out-0.png, out-1.png, ...
+    out = tmp_path / "out.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "livepix", "result", final["task_id"], "--url", gpu.url, "-o", str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = [tmp_path / f"out-{i}.png" for i in range(3)]
+    assert [decode_png(base64.b64encode(p.read_bytes()).decode()).size for p in saved] == [(64, 64)] * 3
+    assert not out.exists()
+
+
+def test_too_many_outputs_is_invalid_input(gpu: Stack) -> None:
+    response = httpx.post(f"{gpu.url}{API}/tasks/submit/", json=generation(num_outputs=5))
+    assert response.status_code == 400
+    assert response.json()["details"] == {"parameters.num_outputs": ["num_outputs must be between 1 and 4"]}

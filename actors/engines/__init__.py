@@ -58,6 +58,11 @@ class EngineOutput:
     image: Image.Image
     metadata: dict[str, Any] = field(default_factory=dict)
     prompt_used: str | None = None
+    more: list[Image.Image] = field(default_factory=list)  # outputs after the first, if several
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [self.image, *self.more]
 
 
 class Engine(Protocol):

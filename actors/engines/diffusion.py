@@ -87,6 +87,7 @@ class Diffusion:
         seed = params.get("seed")
         seed = random.randrange(2**32) if seed is None else int(seed)
         steps = int(params["steps"])
+        count = int(params.get("num_outputs") or 1)
         outcome = self._run(
             self.txt2img,
             report,
@@ -97,11 +98,14 @@ class Diffusion:
             height=int(params["height"]),
             num_inference_steps=steps,
             guidance_scale=float(params["guidance_scale"]),
-            generator=self._generator(seed),
+            num_images_per_prompt=count,
+            generator=self._generators(seed, count),
         )
         return EngineOutput(
-            image=outcome,
-            metadata={"model": self.model, "seed": seed, "device": self.device.name, "parameters": {**params, "seed": seed}},
+            image=outcome[0],
+            more=outcome[1:],
+            metadata={"model": self.model, "seed": seed, **self._seeds(seed, count), "device": self.device.name,
+                      "parameters": {**params, "seed": seed}},
             prompt_used=task.prompt,
         )
 
@@ -113,6 +117,7 @@ class Diffusion:
         prompt = ", ".join(p for p in (task.prompt, STYLE_PRESETS.get(style or "")) if p)
         seed = params.get("seed")
         seed = random.randrange(2**32) if seed is None else int(seed)
+        count = int(params.get("num_outputs") or 1)
         image = fit_for_diffusion(task.image.convert("RGB"), STYLE_MAX_SIDE)
         outcome = self._run(
             self.img2img,
@@ -123,29 +128,38 @@ class Diffusion:
             strength=float(params["strength"]),
             num_inference_steps=int(params["steps"]),
             guidance_scale=float(params["guidance_scale"]),
-            generator=self._generator(seed),
+            num_images_per_prompt=count,
+            generator=self._generators(seed, count),
         )
         return EngineOutput(
-            image=outcome,
+            image=outcome[0],
+            more=outcome[1:],
             metadata={
                 "model": self.model,
                 "seed": seed,
+                **self._seeds(seed, count),
                 "style": style,
                 "device": self.device.name,
                 "input_size": list(task.image.size),
-                "output_size": list(outcome.size),
+                "output_size": list(outcome[0].size),
                 "parameters": {**params, "seed": seed},
             },
             prompt_used=prompt,
         )
 
-    def _generator(self, seed: int) -> Any:
+    @staticmethod
+    def _seeds(seed: int, count: int) -> dict[str, list[int]]:
+        """The seed of each output (`seeds`), when there are several."""
+        return {"seeds": [(seed + i) % 2**32 for i in range(count)]} if count > 1 else {}
+
+    def _generators(self, seed: int, count: int) -> list[Any]:
         import torch
 
-        # A CPU generator gives the same noise for a seed on every device.
-        return torch.Generator("cpu").manual_seed(seed)
+        # A CPU generator gives the same noise for a seed on every device; one per output,
+        # so that output i starts from the noise a task with seed + i alone would use.
+        return [torch.Generator("cpu").manual_seed((seed + i) % 2**32) for i in range(count)]
 
-    def _run(self, pipe: Any, report: Report, verb: str, **kwargs: Any) -> Image.Image:
+    def _run(self, pipe: Any, report: Report, verb: str, **kwargs: Any) -> list[Image.Image]:
         import torch
 
         def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +195,8 @@ class Diffusion:
                 raise OutOfMemoryError(
                     "the device ran out of memory; try a smaller size or fewer concurrent tasks"
                 ) from exc
-        image: Image.Image = out.images[0]
-        return image
+        images: list[Image.Image] = list(out.images)
+        return images
 
 
 def fit_for_diffusion(image: Image.Image, max_side: int) -> Image.Image:

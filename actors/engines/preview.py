@@ -43,16 +43,30 @@ LATENT_RGB = (
 )
 
 
+def grid(images: list[Image.Image]) -> Image.Image:
+    """One picture of a batch's images: side by side for two, two by two for three or four."""
+    if len(images) == 1:
+        return images[0]
+    columns = 2
+    rows = -(-len(images) // columns)
+    width, height = images[0].size
+    sheet = Image.new("RGB", (columns * width, rows * height))
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+    return sheet
+
+
 def latents_preview(latents: Any) -> Image.Image | None:
-    """A small RGB image from SD latents (B, 4, h, w): no decoder, a 4x3 projection."""
+    """A small RGB image from SD latents (B, 4, h, w): no decoder, a 4x3 projection; a
+    batch as one grid."""
     import torch
 
     if latents.ndim != 4 or latents.shape[1] != len(LATENT_RGB):
         return None
     factors = torch.tensor(LATENT_RGB, dtype=torch.float32, device=latents.device)
-    rgb = torch.einsum("chw,cr->hwr", latents[0].float(), factors).clamp(-1, 1)
+    rgb = torch.einsum("bchw,cr->bhwr", latents.float(), factors).clamp(-1, 1)
     pixels = ((rgb + 1) * 127.5).to(torch.uint8).cpu().numpy()
-    image = Image.fromarray(pixels)
+    image = grid([Image.fromarray(one) for one in pixels])
     if min(image.size) < PREVIEW_MIN_SIDE:
         scale = -(-PREVIEW_MIN_SIDE // min(image.size))
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
@@ -73,7 +87,7 @@ class TinyDecoder:
         if self._failed or latents.ndim != 4 or latents.shape[1] != self.vae.config.latent_channels:
             return latents_preview(latents)
         try:
-            return self._decode(latents[:1])
+            return self._decode(latents)
         except Exception as exc:  # noqa: BLE001 - a task never fails for its preview
             if is_out_of_memory(exc):
                 free_cuda_memory()  # a passing shortage: try again next time
@@ -87,14 +101,16 @@ class TinyDecoder:
         import torch.nn.functional as F
 
         height, width = latents.shape[2:]
-        scale = PREVIEW_MAX_SIDE / (max(height, width) * self.upscale)
+        # a batch shares the preview: two images per row
+        side = PREVIEW_MAX_SIDE if latents.shape[0] == 1 else PREVIEW_MAX_SIDE // 2
+        scale = side / (max(height, width) * self.upscale)
         if scale < 1:  # decode no more pixels than the preview shows
             size = (max(1, int(height * scale)), max(1, int(width * scale)))
             latents = F.interpolate(latents.float(), size=size, mode="area")
         # A TAESD takes the latents as the pipeline holds them (its scaling factor is 1).
-        sample = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample[0]
-        pixels = ((sample.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+        samples = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample
+        pixels = ((samples.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return grid([Image.fromarray(one.permute(1, 2, 0).cpu().numpy()) for one in pixels])
 
 
 def load_previewer(settings: Settings, device: Device, report: Report) -> Previewer:

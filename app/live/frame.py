@@ -90,8 +90,10 @@ class Frame:
             return self
         if self._by_ref is None:
             assert self.event is not None
-            slim: dict[str, Any] = {k: v for k, v in result.items() if k != "image_data"}
+            slim: dict[str, Any] = {k: v for k, v in result.items() if k not in ("image_data", "images")}
             slim["image_url"] = result_url
+            if "images" in result:
+                slim["image_urls"] = [f"{result_url}?index={i}" for i in range(len(result["images"]))]
             self._by_ref = self._variant(cast(Event, {**self.event, "result": slim}))
         return self._by_ref
 

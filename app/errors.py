@@ -93,37 +93,39 @@ class UnauthorizedError(ApiError):
     message = "A valid API key is required"
 
 
-class TooManyTasksError(ApiError):
+class RetryLaterError(ApiError):
+    """Raised when a request may succeed later; the answer says when (`Retry-After`)."""
+
+    retry_after_s = 2
+
+    def __init__(self, message: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s or self.retry_after_s)})
+
+
+class TooManyTasksError(RetryLaterError):
     """Raised when an owner has its cap of waiting tasks."""
 
     status_code = 429
     code = ErrorCode.TOO_MANY_TASKS
     message = "Too many waiting tasks"
-
-    def __init__(self, message: str | None = None, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 5
 
 
-class UnavailableError(ApiError):
+class UnavailableError(RetryLaterError):
     """Raised when Redis cannot be reached; the client should retry later."""
 
     status_code = 503
     code = ErrorCode.UNAVAILABLE
     message = "The service is temporarily unavailable; retry shortly"
 
-    def __init__(self, message: str | None = None, retry_after_s: int = 2) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
-
-class StorageFullError(ApiError):
+class StorageFullError(RetryLaterError):
     """Raised when Redis refuses writes (its maxmemory is reached); retry later."""
 
     status_code = 507
     code = ErrorCode.STORAGE_FULL
     message = "The service's storage is full; retry later"
-
-    def __init__(self, message: str | None = None, retry_after_s: int = 30) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 30
 
 
 _HTTP_CODES = {

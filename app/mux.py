@@ -45,8 +45,8 @@ class Session:
         self.subscriptions = subscriptions
         self.outbox = subscriptions.outbox
         self.outlet = MuxOutlet(
-            self.outbox, live.stalls, websocket.send, live.transports.websocket(websocket.scope),
-            shaper(websocket, inline_param(websocket)), subscriptions,
+            subscriptions, live.stalls, websocket.send, live.transports.websocket(websocket.scope),
+            shaper(websocket, inline_param(websocket)),
         )
         self._joining: dict[str, asyncio.Task[None]] = {}
 

@@ -101,46 +101,51 @@ def missing_state(uvicorn_config: uvicorn.Config) -> list[str]:
     )
 
 
-class _WebSocket:
-    __slots__ = ("_protocol",)
+class _Prepared:
+    """Writes prepared bytes to a uvicorn connection's transport when uvicorn's own send
+    would write them at once."""
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
-        self._protocol = protocol
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def _writable(self) -> bool:
+        raise NotImplementedError
 
     def write(self, data: bytes) -> bool:
-        p = self._protocol
-        if (
-            not p.handshake_complete
-            or p.initial_response is not None  # denied with an HTTP response
-            or p.close_sent
-            or p.disconnected
-            or not p.writable.is_set()  # paused: uvicorn's send would wait
-            or p.transport.is_closing()
-        ):
+        if not self._writable() or self._conn.transport.is_closing():
             return False
-        p.transport.write(data)
+        self._conn.transport.write(data)
         return True
 
 
-class _Chunked:
-    __slots__ = ("_cycle",)
+class _WebSocket(_Prepared):
+    __slots__ = ()
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+    def _writable(self) -> bool:
+        p: WebSocketsSansIOProtocol = self._conn
+        return (
+            p.handshake_complete
+            and p.initial_response is None  # not denied with an HTTP response
+            and not p.close_sent
+            and not p.disconnected
+            and p.writable.is_set()  # not paused: uvicorn's send would not wait
+        )
 
-    def write(self, data: bytes) -> bool:
-        c = self._cycle
-        if (
-            not c.response_started
-            or c.response_complete
-            or not c.chunked_encoding  # a Content-Length response
-            or c.disconnected
-            or c.flow.write_paused  # uvicorn's send would wait
-            or c.transport.is_closing()
-        ):
-            return False
-        c.transport.write(data)
-        return True
+
+class _Chunked(_Prepared):
+    __slots__ = ()
+
+    def _writable(self) -> bool:
+        c: RequestResponseCycle = self._conn
+        return bool(
+            c.response_started
+            and not c.response_complete
+            and c.chunked_encoding  # not a Content-Length response
+            and not c.disconnected
+            and not c.flow.write_paused  # uvicorn's send would not wait
+        )
 
 
 def _server_of(scope: Scope) -> Any:

@@ -107,8 +107,8 @@ async def events_sse(request: Request) -> Response:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         if ended:
             return
-        outlet = SseOutlet(outbox, live.stalls, send, live.transports.chunked(scope), shape)
         async with live.hub.watching(outbox) as subscriptions:
+            outlet = SseOutlet(subscriptions, live.stalls, send, live.transports.chunked(scope), shape)
             try:
                 await subscriptions.follow(task_id, since)
             except RedisError:
@@ -196,11 +196,10 @@ async def task_ws(websocket: WebSocket) -> None:
         await close(websocket, WsClose.DONE)
         return
     del state
-    outbox = Outbox()
-    outlet = WsOutlet(outbox, live.stalls, websocket.send, live.transports.websocket(websocket.scope), shape)
-
     async def stream() -> None:
-        async with live.hub.watching(outbox) as subscriptions:
+        async with live.hub.watching(Outbox()) as subscriptions:
+            outlet = WsOutlet(subscriptions, live.stalls, websocket.send,
+                              live.transports.websocket(websocket.scope), shape)
             try:
                 await subscriptions.follow(task_id, since)
             except RedisError:

@@ -26,7 +26,7 @@ from starlette.types import Message
 from . import counters
 from .frame import Frame
 from .hub import Subscriptions
-from .outbox import Outbox, Pending
+from .outbox import Pending
 from .stalls import Stalls
 
 Send = Callable[[Message], Awaitable[None]]
@@ -90,17 +90,18 @@ class Resume:
 class Outlet:
     """One connection's way out. Subclasses say how a frame is framed for their kind."""
 
-    __slots__ = ("_send", "_shape", "_stalls", "_transport", "outbox")
+    __slots__ = ("_send", "_shape", "_stalls", "_subscriptions", "_transport", "outbox")
 
     def __init__(
         self,
-        outbox: Outbox,
+        subscriptions: Subscriptions,
         stalls: Stalls,
         send: Send,
         transport: Transport | None,
         shape: Shape,
     ) -> None:
-        self.outbox = outbox
+        self.outbox = outbox = subscriptions.outbox
+        self._subscriptions = subscriptions
         self._stalls = stalls
         self._send = send
         self._transport = transport
@@ -187,19 +188,10 @@ class MuxOutlet(WsOutlet):
     remembers the last seq it delivered per task, so that a repeated subscribe never
     re-sends what the socket already has."""
 
-    __slots__ = ("_subscriptions", "last_seq")
+    __slots__ = ("last_seq",)
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        stalls: Stalls,
-        send: Send,
-        transport: Transport | None,
-        shape: Shape,
-        subscriptions: Subscriptions,
-    ) -> None:
-        super().__init__(outbox, stalls, send, transport, shape)
-        self._subscriptions = subscriptions
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.last_seq: dict[str, int] = {}
 
     def _delivered(self, frame: Frame, prepared: bool = False) -> None:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from starlette.types import Message
 
-from app.live import Ending, Frame, Outbox, SseOutlet, WsOutlet
+from app.live import Ending, Frame, Hub, Outbox, SseOutlet, Subscriptions, WsOutlet
 from app.live.counters import Counts
 from app.live.outlets import Resume
 from app.live.stalls import Stalls
+from livepix.storage import OneNode
 
 
 def frame(seq: int, type: str = "progress") -> Frame:
@@ -22,6 +24,15 @@ def frame(seq: int, type: str = "progress") -> Frame:
 
 def as_is(f: Frame) -> Frame:
     return f
+
+
+async def _nothing(task_id: str, since: int | str) -> Any:
+    raise AssertionError("these tests read no log")
+
+
+def following(outbox: Outbox) -> Subscriptions:
+    """The outbox's subscriptions, on a hub that is never started (no task followed)."""
+    return Subscriptions(Hub(OneNode("redis://unused:1"), _nothing, _nothing), outbox)
 
 
 class Wire:
@@ -53,7 +64,7 @@ class Written:
 def test_a_frame_goes_out_as_prepared_bytes_when_the_transport_takes_them() -> None:
     async def main() -> None:
         wire, transport = Wire(), Written()
-        outlet = WsOutlet(Outbox(), Stalls(), wire.send, transport, as_is)
+        outlet = WsOutlet(following(Outbox()), Stalls(), wire.send, transport, as_is)
         before = (Counts.delivered, Counts.prepared)
         assert outlet.now(frame(1)) is None
         assert transport.data == [frame(1).ws_frame()] and wire.sent == []
@@ -70,7 +81,7 @@ def test_a_send_that_waits_is_finished_in_order_by_the_pump_and_recorded_then() 
         wire = Wire()
         wire.gate = asyncio.Event()
         outbox = Outbox()
-        outlet = SseOutlet(outbox, Stalls(), wire.send, None, as_is)
+        outlet = SseOutlet(following(outbox), Stalls(), wire.send, None, as_is)
         outbox.begin("t", 0)
         outbox.end_sync("t", [])
         pump = asyncio.create_task(outlet.pump())
@@ -99,7 +110,7 @@ def test_cancelling_the_pump_runs_a_begun_send_s_cleanup() -> None:
                 cleaned.append("cleanup")
 
         outbox = Outbox()
-        outlet = WsOutlet(outbox, Stalls(), send, None, as_is)
+        outlet = WsOutlet(following(outbox), Stalls(), send, None, as_is)
         resume = outlet.now(frame(1))
         assert isinstance(resume, Resume)
         outbox._out.append(resume)
@@ -117,7 +128,7 @@ def test_live_frames_go_out_directly_only_while_the_pump_idles() -> None:
     async def main() -> None:
         wire = Wire()
         outbox = Outbox()
-        outlet = WsOutlet(outbox, Stalls(), wire.send, None, as_is)
+        outlet = WsOutlet(following(outbox), Stalls(), wire.send, None, as_is)
         outbox.begin("t", 0)
         outbox.end_sync("t", [frame(1)])  # history is always queued
         outbox.offer(frame(2))  # the pump has not taken the history yet: queued
@@ -137,7 +148,7 @@ def test_a_send_blocked_past_the_limit_ends_the_stream_as_too_slow() -> None:
         wire = Wire()
         stalls = Stalls(limit_s=0.05)
         outbox = Outbox()
-        outlet = SseOutlet(outbox, stalls, wire.send, None, as_is)
+        outlet = SseOutlet(following(outbox), stalls, wire.send, None, as_is)
         outbox.begin("t", 0)
         outbox.end_sync("t", [frame(1)])
         wire.gate = asyncio.Event()  # the client stopped reading
@@ -154,7 +165,7 @@ def test_a_send_blocked_past_the_limit_ends_the_stream_as_too_slow() -> None:
 def test_an_overflowed_outbox_ends_the_stream_as_too_slow() -> None:
     async def main() -> None:
         outbox = Outbox()
-        outlet = WsOutlet(outbox, Stalls(), Wire().send, None, as_is)
+        outlet = WsOutlet(following(outbox), Stalls(), Wire().send, None, as_is)
         outbox.fail()
         assert await outlet.pump() is Ending.TOO_SLOW
 

@@ -22,9 +22,12 @@ from tests.models import build_tiny_u2net
 from tests.models_lama import build_tiny_lama
 
 
+DATABASES = 512  # one per stack of processes; the last for tests that use Redis alone
+
+
 def redis_process(data_dir: Path) -> RedisServer:
-    """A test Redis: 64 databases, one per stack of processes."""
-    return RedisServer(data_dir, databases=64, log_path=data_dir / "redis.log")
+    """A test Redis with a database per stack of processes."""
+    return RedisServer(data_dir, databases=DATABASES, log_path=data_dir / "redis.log")
 
 
 _db_numbers = itertools.count(1)

@@ -35,7 +35,9 @@ def test_a_taesd_decodes_no_more_than_the_preview_shows(tiny_taesd: Path) -> Non
     with torch.inference_mode():
         assert decoder(torch.randn(1, 4, 32, 32)).size == (64, 64)  # small: as is (2x)
         assert decoder(torch.randn(1, 4, 300, 200)).size == (170, 256)  # pooled, aspect kept
-        assert decoder(torch.randn(2, 4, 260, 260)).size == (256, 256)  # the first of a batch
+        # a batch of two: side by side, each pooled to half the preview
+        assert decoder(torch.randn(2, 4, 260, 260)).size == (256, 128)
+        assert decoder(torch.randn(4, 4, 260, 260)).size == (256, 256)  # two by two
 
 
 def test_an_sd_vae_is_not_taken_for_a_taesd(tmp_path: Path) -> None:

@@ -104,8 +104,8 @@ def test_run_removes_the_background_and_returns_the_png(
     assert isinstance(events[0], QueuedEvent) and isinstance(events[-1], SucceededEvent)
     assert any(isinstance(e, StartedEvent) and e.queue == "cpu" for e in events)
     assert all(e.task_id == result.task_id for e in events)
-    saved = result.save(tmp_path / "out.png")
-    assert saved.read_bytes() == result.png
+    (saved,) = result.save(tmp_path / "out.png")
+    assert saved == tmp_path / "out.png" and saved.read_bytes() == result.png == result.images[0]
 
 
 @pytest.mark.parametrize(("client", "transport"), [("sync", "ws"), ("async", "sse")])

@@ -29,7 +29,7 @@ from livepix.wire import (
     runtime_key,
     state_key,
 )
-from tests.conftest import RedisServer
+from tests.conftest import DATABASES, RedisServer
 
 OPTS = store.Options(ttl_s=60)
 ACTOR = "process_background_removal"
@@ -37,7 +37,7 @@ ACTOR = "process_background_removal"
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_server.url(63))
+    c = redis.Redis.from_url(redis_server.url(DATABASES - 1))
     c.flushdb()
     yield c
     c.close()

@@ -21,7 +21,6 @@ from livepix.processes import Child, RedisServer, free_port, livepix_child, wait
 from tests.models import build_tiny_u2net
 from tests.models_lama import build_tiny_lama
 
-
 DATABASES = 512  # one per stack of processes; the last for tests that use Redis alone
 
 

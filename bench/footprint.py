@@ -45,11 +45,23 @@ def photo(seed: int) -> Any:
     return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
 
 
+def faces(seed: int, spots: list[tuple[int, int, int]]) -> Any:
+    """A photograph-like picture with the disks the tiny face detector reads as faces."""
+    from PIL import ImageDraw
+
+    from tests.models_face import FACE_COLOUR
+
+    picture = photo(seed)
+    draw = ImageDraw.Draw(picture)
+    for x, y, r in spots:
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=FACE_COLOUR)
+    return picture
+
+
 def bodies() -> dict[str, dict[str, Any]]:
     from PIL import Image
 
     from tests.clients import png_b64
-    from tests.models_face import face_picture
 
     mask = Image.new("L", (SIDE, SIDE), 0)
     mask.paste(255, (160, 160, 352, 352))
@@ -58,8 +70,8 @@ def bodies() -> dict[str, dict[str, Any]]:
                              "parameters": {"steps": 25, "seed": 7, "width": SIDE, "height": SIDE}},
         "style_transfer": {"task_type": "style_transfer", "image": png_b64(photo(1)),
                            "parameters": {"style": "watercolor", "strength": 0.6, "steps": 25, "seed": 1}},
-        "face_swap": {"task_type": "face_swap", "image": png_b64(face_picture(SIDE, SIDE, [(256, 230, 60)])),
-                      "target_image": png_b64(face_picture(SIDE, SIDE, [(150, 200, 60), (360, 300, 64)]))},
+        "face_swap": {"task_type": "face_swap", "image": png_b64(faces(4, [(256, 230, 60)])),
+                      "target_image": png_b64(faces(5, [(150, 200, 60), (360, 300, 64)]))},
         "background_removal": {"task_type": "background_removal", "image": png_b64(photo(2))},
         "object_removal": {"task_type": "object_removal", "image": png_b64(photo(3)), "mask": png_b64(mask),
                            "parameters": {"method": "telea"}},

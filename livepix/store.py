@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from .broker import encode_message, queue_list_key, queue_messages_key
 from .wire import (
     EVENT_STATUS,
+    POSITION_MARK,
     TERMINAL_EVENTS,
     EventType,
     Status,
@@ -46,6 +47,8 @@ from .wire import (
     pending_key,
     progress_body,
     queued_body,
+    queued_message,
+    queued_template,
     result_key,
     running_key,
     runtime_key,
@@ -245,6 +248,35 @@ redis.call('HSET', KEYS[1], ARGV[1], string.format('%.3f', took))
 return 1
 """
 
+
+def _function(name: str, body: str) -> str:
+    """A script's body as a local Lua function of its own KEYS and ARGV, for a script
+    that runs several in one call."""
+    return f"local function {name}(KEYS, ARGV)\n{body}end\n"
+
+
+# KEYS: owner_waiting, pending, state, log, input, queue list, queue messages, deadlines
+# ARGV: channel, ttl, publish, task_id, input_json, task_type, queue, owner, now, deadline,
+#       queued_body, queued_message (both with the position mark), owner_cap, message
+# On one Redis, a submit in one round trip: admit, line up, create, enqueue. Returns
+# {position, event}; position -2 when the owner is at its cap, -1 when the id is taken.
+_SUBMIT = (
+    _function("admit", _ADMIT) + _function("line_up", _LINE_UP) + _function("create", _CREATE)
+    + _function("enqueue", _ENQUEUE) + f"""
+if redis.call('EXISTS', KEYS[3]) == 1 then return {{-1, ''}} end
+if admit({{KEYS[1]}}, {{ARGV[9], ARGV[2], ARGV[13], ARGV[4]}}) == -2 then return {{-2, ''}} end
+local position = tostring(line_up({{KEYS[2]}}, {{ARGV[4]}}))
+local body = string.gsub(ARGV[11], '"{POSITION_MARK}"', position)
+body = string.gsub(body, '{POSITION_MARK}', position)
+local message = string.gsub(ARGV[12], '{POSITION_MARK}', position)
+local created = create({{KEYS[3], KEYS[4], KEYS[5]}}, {{ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+  ARGV[7], ARGV[8], ARGV[9], ARGV[10], position, body, message}})
+if ARGV[10] ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], ARGV[4]) end
+enqueue({{KEYS[6], KEYS[7]}}, {{ARGV[4], ARGV[14]}})
+return {{tonumber(position), created[2]}}
+"""
+)
+
 _TASK_SCRIPTS = {
     "create": _CREATE,
     "start": _START,
@@ -252,6 +284,7 @@ _TASK_SCRIPTS = {
     "finish": _FINISH,
     "cancel": _CANCEL,
     "requeued": _REQUEUED,
+    "submit": _SUBMIT,
 }
 # The terminal event even when Redis refuses writes (maxmemory reached, noeviction):
 # a task must end, and ending frees its input. Redis >= 7 (script flags).
@@ -341,11 +374,29 @@ def submit(
     """Store a new task, log its `queued` event, then enqueue its Dramatiq message.
     Returns its position in its queue.
 
-    The task is written before its message: a submit that dies between the two leaves
-    a waiting task without a message, which the upkeep enqueues (`reenqueue`); never a
-    message without its task. Raises `OwnerCapError` when the owner is at its cap.
+    On one Redis this is one script, one round trip (the submit path's cost is mostly
+    round trips). On a cluster the task's keys, its queue's and the owner's live in
+    different slots: the task is written before its message, so a submit that dies
+    between the two leaves a waiting task without a message, which the upkeep enqueues
+    (`reenqueue`); never a message without its task. Raises `OwnerCapError` when the
+    owner is at its cap.
     """
     now = _now()
+    if not opts.cluster:
+        body, message = queued_template(task_id)
+        [position] = yield [Script(
+            "submit",
+            [owner_queue_key(owner), pending_key(queue), state_key(task_id), log_key(task_id), input_key(task_id),
+             queue_list_key(queue, False), queue_messages_key(queue, False), deadlines_key()],
+            [channel(task_id), opts.ttl_s, opts.publish, task_id, input_json, task_type, queue, owner, now,
+             "" if deadline is None else round(deadline, 3), body, message, owner_cap,
+             encode_message(queue, actor, task_id)],
+        )]
+        if int(position) == -2:
+            raise OwnerCapError(owner)
+        if int(position) < 0:
+            raise RuntimeError(f"task id {task_id} is taken")
+        return int(position)
     admitted, position = yield [
         Script("admit", [owner_queue_key(owner)], [now, opts.ttl_s, owner_cap, task_id]),
         Script("line_up", [pending_key(queue)], [task_id]),
@@ -360,7 +411,7 @@ def submit(
             "create",
             [state_key(task_id), log_key(task_id), input_key(task_id)],
             [channel(task_id), opts.ttl_s, opts.publish, task_id, input_json, task_type, queue, owner, now,
-             "" if deadline is None else round(deadline, 3), position, body, f"Queued at position {position}"],
+             "" if deadline is None else round(deadline, 3), position, body, queued_message(position)],
         ),
         *([Command("ZADD", deadlines_key(), round(deadline, 3), task_id)] if deadline is not None else []),
         enqueue(opts, task_id, queue, actor),
@@ -537,5 +588,5 @@ def requeued(opts: Options, task_id: str, position: int, eta_s: float | None) ->
         "requeued",
         [state_key(task_id), log_key(task_id)],
         [channel(task_id), opts.ttl_s, opts.publish, queued_body(task_id, position, eta), position,
-         "" if eta is None else eta, f"Queued at position {position}"],
+         "" if eta is None else eta, queued_message(position)],
     )

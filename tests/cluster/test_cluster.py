@@ -9,13 +9,16 @@ import json
 import signal
 import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
 import websockets.sync.client as ws_client
 
+from livepix import store
 from livepix.processes import RedisCluster
-from livepix.wire import channel, state_key
+from livepix.storage import run_batch, sync_client
+from livepix.wire import TaskType, actor_name, channel, dumps, state_key
 from tests.clients import (
     API,
     SSEStream,
@@ -86,6 +89,38 @@ def test_a_watcher_resuming_on_the_other_api_loses_nothing(on_cluster: Stack) ->
     assert_contiguous(seen)
     assert seen[-1]["type"] == "succeeded"
     assert decode_png(seen[-1]["result"]["image_data"]).size == (2048, 2048)
+
+
+def submit_that_dies_before_it_enqueues(url: str) -> str:
+    """The real submit operation on the cluster, its enqueue lost: as if the api process
+    died between storing the task (its own slot) and queueing its message (`{dramatiq}`)."""
+    task_id = str(uuid.uuid4())
+    op = store.submit(store.Options(ttl_s=600, cluster=True), task_id, "background_removal", "cpu", "",
+                      dumps(TASK), 1000, actor_name(TaskType.BACKGROUND_REMOVAL))
+    client = sync_client(url, True)
+    try:
+        batch = next(op)
+        while True:
+            kept = [c for c in batch if not (isinstance(c, store.Script) and c.name == "enqueue")]
+            answers = iter(run_batch(client, kept))
+            batch = op.send([next(answers) if c in kept else 0 for c in batch])
+    except StopIteration:
+        pass
+    finally:
+        client.close()
+    return task_id
+
+
+def test_a_task_whose_submit_died_before_its_enqueue_is_enqueued_by_the_upkeep(
+    cluster: RedisCluster, on_cluster: Stack
+) -> None:
+    before = sum(metric(api, "livepix_tasks_reenqueued_total") for api in on_cluster.api_urls)
+    task_id = submit_that_dies_before_it_enqueues(cluster.url)
+    events = sse_events(on_cluster.api_urls[0], task_id)
+    assert_contiguous(events)
+    assert events[-1]["type"] == "succeeded", events[-1]
+    after = sum(metric(api, "livepix_tasks_reenqueued_total") for api in on_cluster.api_urls)
+    assert after == before + 1
 
 
 def test_a_master_killed_mid_task_leaves_no_task_hung_and_no_stream_with_a_gap(

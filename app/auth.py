@@ -16,7 +16,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -156,9 +156,10 @@ class AuthMiddleware:
 
 
 def _query_token(scope: Scope) -> str | None:
-    from urllib.parse import parse_qs
-
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    query: bytes = scope.get("query_string", b"")
+    if not query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("token")
     return values[0] if values else None
 
 

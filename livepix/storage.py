@@ -93,11 +93,37 @@ def async_client(url: str, cluster: bool, **options: Any) -> Any:
     return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
 
 
-def _queue(pipe: Any, call: Call) -> None:
+def _arguments(call: Call) -> tuple[Any, ...]:
     if isinstance(call, Script):
-        pipe.execute_command("EVALSHA", store.SHAS[call.name], len(call.keys), *call.keys, *call.args)
-    else:
-        pipe.execute_command(*call.args)
+        return ("EVALSHA", store.SHAS[call.name], len(call.keys), *call.keys, *call.args)
+    return call.args
+
+
+def _execute(client: Any, calls: list[Call]) -> list[Any]:
+    """One round trip; a call's error is its answer, as a pipeline gives it. A lone call
+    goes as a plain command (a pipeline costs ~30 us more of the caller's CPU)."""
+    if len(calls) == 1:
+        try:
+            return [client.execute_command(*_arguments(calls[0]))]
+        except redis.ResponseError as exc:
+            return [exc]
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command(*_arguments(call))
+    return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+
+async def _aexecute(client: Any, calls: list[Call]) -> list[Any]:
+    """`_execute` on an asyncio client."""
+    if len(calls) == 1:
+        try:
+            return [await client.execute_command(*_arguments(calls[0]))]
+        except redis.ResponseError as exc:
+            return [exc]
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command(*_arguments(call))
+    return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 def _groups(client: Any, batch: list[Call]) -> list[list[int]]:
@@ -168,10 +194,7 @@ def run_batch(client: Any, batch: Sequence[Call]) -> list[Any]:
     for group in _groups(client, list(batch)):
         todo = group
         for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            for i in todo:
-                _queue(pipe, batch[i])
-            answers = pipe.execute(raise_on_error=False)
+            answers = _execute(client, [batch[i] for i in todo])
             missing = [i for i, answer in zip(todo, answers, strict=True) if isinstance(answer, NoScriptError)]
             for i, answer in zip(todo, answers, strict=True):
                 if not isinstance(answer, NoScriptError):
@@ -194,10 +217,7 @@ async def arun_batch(client: Any, batch: Sequence[Call]) -> list[Any]:
     for group in _groups(client, list(batch)):
         todo = group
         for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            for i in todo:
-                _queue(pipe, batch[i])
-            answers = await pipe.execute(raise_on_error=False)
+            answers = await _aexecute(client, [batch[i] for i in todo])
             missing = [i for i, answer in zip(todo, answers, strict=True) if isinstance(answer, NoScriptError)]
             for i, answer in zip(todo, answers, strict=True):
                 if not isinstance(answer, NoScriptError):

@@ -209,11 +209,14 @@ return {seq, ev}
 # KEYS: owner_waiting
 # ARGV: now, ttl, cap, task_id
 # Admits a waiting task under its owner's cap (-2 if full); entries older than the TTL
-# (of tasks gone without leaving the set) no longer count.
+# (of tasks gone without leaving the set) no longer count. Its first write is the ZADD:
+# Redis refuses a script over maxmemory only at its first write, and only if that
+# write may grow memory (a submit must be refused whole, storage_full).
 _ADMIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -2 end
+local stale = tonumber(ARGV[1]) - tonumber(ARGV[2])
+if redis.call('ZCOUNT', KEYS[1], '(' .. stale, '+inf') >= tonumber(ARGV[3]) then return -2 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', stale)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """

@@ -84,6 +84,9 @@ class Upkeep:
         self.lost_after_s = float(tasks.settings.worker_lost_after_s)
         self.lost = 0
         self.reenqueued = 0
+        # Waiting tasks whose queue message this process has seen: a message only goes
+        # missing at the submit, so each task is checked once, not every pass.
+        self.has_message: dict[Queue, set[str]] = {queue: set() for queue in Queue}
         self.id = uuid.uuid4().hex
 
     async def lead(self) -> bool:
@@ -224,18 +227,28 @@ class Upkeep:
         waiting; the enqueue is once per task id, so a message on its way is never
         doubled."""
         oldest = cast(list[str], await self.client.zrange(pending_key(queue), 0, MAX_TRACKED - 1))
+        seen = self.has_message[queue]
+        seen.intersection_update(oldest)  # the rest started or ended
+        unchecked = [task_id for task_id in oldest if task_id not in seen]
+        if not unchecked:
+            return
         pipe = self.client.pipeline(transaction=False)
-        for task_id in oldest:
+        for task_id in unchecked:
             pipe.hmget(state_key(task_id), "created", "status", "task_type")
         states = await pipe.execute()
-        old = [(task_id, task_type) for task_id, (created, status, task_type) in zip(oldest, states, strict=True)
+        old = [(task_id, task_type) for task_id, (created, status, task_type) in zip(unchecked, states, strict=True)
                if status == "PENDING" and created and task_type and now - float(created) >= REENQUEUE_AFTER_S]
         if not old:
             return
         pipe = self.client.pipeline(transaction=False)
         for task_id, _ in old:
             pipe.hexists(queue_messages_key(queue.value, self.opts.cluster), task_id)
-        absent = [(t, k) for (t, k), present in zip(old, await pipe.execute(), strict=True) if not present]
+        absent = []
+        for (task_id, task_type), present in zip(old, await pipe.execute(), strict=True):
+            if present:
+                seen.add(task_id)
+            else:
+                absent.append((task_id, task_type))
         if not absent:
             return
         # Read again, after: a task whose message was handled between the two reads has

@@ -75,7 +75,10 @@ local function append(state, log, chan, ttl, body, status, progress, message, pu
     redis.call('HSET', state, 'preview', preview, 'preview_seq', seq)
     ev = string.sub(ev, 1, -2) .. ',"preview":"' .. preview .. '"}'
   end
-  if publish ~= '' then redis.call(publish, chan, ev) end
+  if publish ~= '' then
+    redis.call(publish, chan, ev)
+    return seq, ''  -- published: the caller need not read it back
+  end
   return seq, ev
 end
 local function is_terminal(s)
@@ -85,7 +88,8 @@ end
 
 # The scripts that append an event return it last (after the channel, always ARGV[1]):
 # where they do not publish it themselves (a cluster, `publish` ''), the runner
-# publishes it once a replica has the write (livepix/storage.py).
+# publishes it once a replica has the write (livepix/storage.py). Where they do, they
+# return '' instead (a progress event with its preview is big).
 
 # KEYS: state, log, input
 # ARGV: channel, ttl, publish, task_id, input_json, task_type, queue, owner, now, deadline,

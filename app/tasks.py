@@ -11,8 +11,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -92,18 +90,29 @@ class Submitted:
     replayed: bool = False  # the task an earlier submit with the same Idempotency-Key made
 
 
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
+class _RedisErrors:
+    """See `redis_errors` (a class: a generator-based context manager costs a few us on
+    every submit)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, RedisOutOfMemoryError):
+            log.warning("Redis is full: %s", exc)
+            raise StorageFullError() from exc
+        if isinstance(exc, (RedisError, OSError)):
+            log.warning("Redis unavailable: %s", exc)
+            raise UnavailableError() from exc
+
+
+_REDIS_ERRORS = _RedisErrors()
+
+
+def redis_errors() -> _RedisErrors:
     """Translate Redis failures into an error for the client: 507 `storage_full` when
     Redis refuses writes (maxmemory reached), else 503 `unavailable`."""
-    try:
-        yield
-    except RedisOutOfMemoryError as exc:
-        log.warning("Redis is full: %s", exc)
-        raise StorageFullError() from exc
-    except (RedisError, OSError) as exc:
-        log.warning("Redis unavailable: %s", exc)
-        raise UnavailableError() from exc
+    return _REDIS_ERRORS
 
 
 class TaskService:

@@ -265,22 +265,23 @@ def _function(name: str, body: str) -> str:
 # KEYS: owner_waiting, pending, state, log, input, queue list, queue messages, deadlines
 # ARGV: channel, ttl, publish, task_id, input_json, task_type, queue, owner, now, deadline,
 #       queued_body, queued_message (both with the position mark), owner_cap, message
-# On one Redis, a submit in one round trip: admit, line up, create, enqueue. Returns
-# {position, event}; position -2 when the owner is at its cap, -1 when the id is taken.
+# On one Redis, a submit in one round trip: admit, line up, create, enqueue; it
+# publishes `queued` itself. Returns the position; -2 when the owner is at its cap, -1
+# when the id is taken.
 _SUBMIT = (
     _function("admit", _ADMIT) + _function("line_up", _LINE_UP) + _function("create", _CREATE)
     + _function("enqueue", _ENQUEUE) + f"""
-if redis.call('EXISTS', KEYS[3]) == 1 then return {{-1, ''}} end
-if admit({{KEYS[1]}}, {{ARGV[9], ARGV[2], ARGV[13], ARGV[4]}}) == -2 then return {{-2, ''}} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if admit({{KEYS[1]}}, {{ARGV[9], ARGV[2], ARGV[13], ARGV[4]}}) == -2 then return -2 end
 local position = tostring(line_up({{KEYS[2]}}, {{ARGV[4]}}))
 local body = string.gsub(ARGV[11], '"{POSITION_MARK}"', position)
 body = string.gsub(body, '{POSITION_MARK}', position)
 local message = string.gsub(ARGV[12], '{POSITION_MARK}', position)
-local created = create({{KEYS[3], KEYS[4], KEYS[5]}}, {{ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+create({{KEYS[3], KEYS[4], KEYS[5]}}, {{ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
   ARGV[7], ARGV[8], ARGV[9], ARGV[10], position, body, message}})
 if ARGV[10] ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], ARGV[4]) end
 enqueue({{KEYS[6], KEYS[7]}}, {{ARGV[4], ARGV[14]}})
-return {{tonumber(position), created[2]}}
+return tonumber(position)
 """
 )
 
@@ -291,7 +292,6 @@ _TASK_SCRIPTS = {
     "finish": _FINISH,
     "cancel": _CANCEL,
     "requeued": _REQUEUED,
-    "submit": _SUBMIT,
 }
 # The terminal event even when Redis refuses writes (maxmemory reached, noeviction):
 # a task must end, and ending frees its input. Redis >= 7 (script flags).
@@ -300,6 +300,7 @@ APPENDING = frozenset({*_TASK_SCRIPTS, "finish_despite_full"})  # answers end wi
 SCRIPTS: dict[str, str] = {
     **{name: _PRELUDE + body for name, body in _TASK_SCRIPTS.items()},
     "finish_despite_full": _DESPITE_FULL + _PRELUDE + _FINISH,
+    "submit": _PRELUDE + _SUBMIT,  # one Redis only: publishes, returns no event
     "interrupt": _INTERRUPT,
     "admit": _ADMIT,
     "line_up": _LINE_UP,

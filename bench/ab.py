@@ -9,6 +9,9 @@ same load generators and the same publisher of this checkout:
   --idle     bench.idle for each tree: RSS per idle connection, WebSocket and SSE
   --submit   bench.taskpath's closed-loop submit clients for each tree, interleaved,
              the database emptied between runs: submits/s and api CPU per submit
+  --asgi     bench/submit_asgi.py for each tree, alternating (--repeat processes each):
+             the app's own CPU per submit, in-process, without the HTTP server and the
+             clients (far less noise than --submit; each process's best round)
 Without a flag, --fanout and --idle. The summary gives each measure's median per
 tree and the ratio head/base.
 """
@@ -98,10 +101,39 @@ def run_submit(args: argparse.Namespace, srcs: dict[str, str]) -> list[dict[str,
     return rows
 
 
+def run_asgi(args: argparse.Namespace, srcs: dict[str, str]) -> list[dict[str, Any]]:
+    import sys
+
+    from livepix.processes import RedisServer
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="livepix-ab-redis-") as tmp:
+        server = RedisServer(Path(tmp), appendonly=False).start()
+        client = server.client()
+        try:
+            for _ in range(args.repeat):
+                for name, src in srcs.items():
+                    client.flushdb()
+                    out = subprocess.run(
+                        [sys.executable, str(ROOT / "bench" / "submit_asgi.py"), "--src", src,
+                         "--redis-url", server.url()],
+                        capture_output=True, text=True, check=True, timeout=600,
+                    ).stdout
+                    rounds = json.loads(out.strip().splitlines()[-1])["us_cpu_per_submit"]
+                    row = {"tree": name, "us_cpu_per_submit": min(rounds), "rounds": rounds}
+                    rows.append(row)
+                    print(table([row], ["tree", "us_cpu_per_submit", "rounds"]), flush=True)
+        finally:
+            client.close()
+            server.stop()
+    return rows
+
+
 MEASURES = {
     "fanout": [("deliveries_per_cpu_s", "higher"), ("p99_ms", "lower")],
     "idle": [("kb_per_conn", "lower")],
     "submit": [("submits_per_s", "higher"), ("us_cpu_per_submit", "lower")],
+    "asgi": [("us_cpu_per_submit", "lower")],
 }
 
 
@@ -129,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fanout", action="store_true")
     parser.add_argument("--idle", action="store_true")
     parser.add_argument("--submit", action="store_true")
+    parser.add_argument("--asgi", action="store_true")
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -137,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--submit-connections", type=int, default=16)
     parser.add_argument("--out", default="ab")
     args = parser.parse_args(argv)
-    if not (args.fanout or args.idle or args.submit):
+    if not (args.fanout or args.idle or args.submit or args.asgi):
         args.fanout = args.idle = True
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="livepix-ab-") as tmp:
@@ -148,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
             results["idle"] = run_idle(args, srcs)
         if args.submit:
             results["submit"] = run_submit(args, srcs)
+        if args.asgi:
+            results["asgi"] = run_asgi(args, srcs)
     rows = summary(results)
     print()
     print(table(rows, ["scenario", "kind", "measure", "better", "base", "head", "head_over_base"]))

@@ -106,9 +106,13 @@ def run_asgi(args: argparse.Namespace, srcs: dict[str, str]) -> list[dict[str, A
 
     from livepix.processes import RedisServer
 
+    from .taskpath import tiny_task
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="livepix-ab-redis-") as tmp:
-        server = RedisServer(Path(tmp), appendonly=False).start()
+        body = Path(tmp) / "submit.json"
+        body.write_text(json.dumps(tiny_task()))
+        server = RedisServer(Path(tmp) / "redis", appendonly=False).start()
         client = server.client()
         try:
             for _ in range(args.repeat):
@@ -116,7 +120,7 @@ def run_asgi(args: argparse.Namespace, srcs: dict[str, str]) -> list[dict[str, A
                     client.flushdb()
                     out = subprocess.run(
                         [sys.executable, str(ROOT / "bench" / "submit_asgi.py"), "--src", src,
-                         "--redis-url", server.url()],
+                         "--redis-url", server.url(), "--body-file", str(body)],
                         capture_output=True, text=True, check=True, timeout=600,
                     ).stdout
                     rounds = json.loads(out.strip().splitlines()[-1])["us_cpu_per_submit"]

@@ -8,36 +8,23 @@ a shared machine. One request at a time: --rounds rounds of --submits each, the
 process's CPU time per submit of each round.
 
 Run it as a script, with the tree to measure (`bench.ab --asgi` runs it for two trees,
-alternating): python bench/submit_asgi.py --src TREE --redis-url URL
+alternating, with `bench.taskpath`'s small task as the body):
+python bench/submit_asgi.py --src TREE --redis-url URL --body-file BODY.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
-def tiny_task() -> dict[str, Any]:
-    """The task of `bench.taskpath`'s submit clients: a 32x32 PNG and one box."""
-    from PIL import Image
-
-    image = Image.new("RGB", (32, 32), (20, 40, 220))
-    image.paste((230, 20, 20), (8, 8, 24, 24))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return {"task_type": "object_removal", "image": base64.b64encode(buffer.getvalue()).decode(),
-            "parameters": {"boxes": [[8, 8, 24, 24]], "method": "telea"}}
-
-
-async def measure(app: Any, submits: int, rounds: int, warm: int) -> list[float]:
-    body = json.dumps(tiny_task()).encode()
+async def measure(app: Any, body: bytes, submits: int, rounds: int, warm: int) -> list[float]:
     startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await startup.put({"type": "lifespan.startup"})
@@ -85,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="the source tree whose app to measure")
     parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--body-file", required=True, help="the submit body (bench.ab writes bench.taskpath's)")
     parser.add_argument("--submits", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=300)
@@ -95,7 +83,8 @@ def main() -> None:
     from livepix.config import Settings
 
     application = app.main.create_app(Settings(redis_url=args.redis_url, max_queued_per_owner=10**9))
-    us = asyncio.run(measure(application, args.submits, args.rounds, args.warm))
+    body = Path(args.body_file).read_bytes()
+    us = asyncio.run(measure(application, body, args.submits, args.rounds, args.warm))
     print(json.dumps({"us_cpu_per_submit": [round(u, 1) for u in us]}))
 
 

@@ -1,5 +1,5 @@
 """The CLI's client commands, `livepix submit | watch | status | result | cancel`, on the
-SDK (livepix/sdk.py): its streams resume by seq after a network error or an api
+SDK (livepix/sdk/): its streams resume by seq after a network error or an api
 restart; the exit code tells a script how the task ended.
 
 Progress for people: on a terminal, rich draws a spinner with the queue position while

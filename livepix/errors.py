@@ -1,4 +1,4 @@
-"""The SDK's errors (livepix/sdk.py): one root, an `ApiError` leaf per error code of the
+"""The SDK's errors (livepix/sdk/): one root, an `ApiError` leaf per error code of the
 api, and the ways a task or a stream can end without a result.
 
     LivepixError

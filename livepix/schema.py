@@ -2,7 +2,7 @@
 
 One source for three things: the api validates submits with the request models
 (app/validation.py turns their errors into the seed's `details`), app/openapi.py builds
-its schemas from every model here, and the SDK (livepix/sdk.py) returns them.
+its schemas from every model here, and the SDK (livepix/sdk/) returns them.
 
 Request models are strict: unknown fields are refused and nothing is coerced (`true` is
 not an integer, `"512"` is not a number); a field sent as `null` counts as left out.

@@ -1,4 +1,4 @@
-"""The Python SDK (livepix/sdk.py) against real api and worker processes: run() per CPU
+"""The Python SDK (livepix/sdk/) against real api and worker processes: run() per CPU
 task type with both clients and both transports, streams that survive an api restart,
 typed errors for real error answers, stream tokens, and the Idempotency-Key of a submit
 sent again after its answer was lost."""
@@ -41,7 +41,8 @@ from livepix.schema import (
     StartedEvent,
     SucceededEvent,
 )
-from livepix.sdk import AsyncClient, Client, Result, _Resume, encode_image
+from livepix.sdk import AsyncClient, Client, Result, encode_image
+from livepix.sdk.common import _Resume
 from tests.clients import gradient, png, slow_removal, two_tone
 from tests.conftest import RedisServer, Stack, fresh_stack
 

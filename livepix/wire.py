@@ -158,9 +158,10 @@ def _body(task_id: str, type: EventType, progress: int, message: str, **extra: A
     return dumps(event)
 
 
-def queued_body(task_id: str, position: int, eta_s: float | None) -> str:
+def queued_body(task_id: str, position: int | str, eta_s: float | None) -> str:
     """`queued`: the task waits at `position` of its queue; done in about `eta_s`."""
-    return _queued(task_id, position, eta_s)
+    return _body(task_id, EventType.QUEUED, 0, queued_message(position), position=position,
+                 eta_s=None if eta_s is None else round(eta_s, 1))
 
 
 # Where the position is only known inside the store's script (a submit on one Redis
@@ -171,12 +172,7 @@ POSITION_MARK = "@position@"
 
 def queued_template(task_id: str) -> tuple[str, str]:
     """`queued` at a position still unknown: its body and message with `POSITION_MARK`."""
-    return _queued(task_id, POSITION_MARK, None), queued_message(POSITION_MARK)
-
-
-def _queued(task_id: str, position: int | str, eta_s: float | None) -> str:
-    return _body(task_id, EventType.QUEUED, 0, queued_message(position), position=position,
-                 eta_s=None if eta_s is None else round(eta_s, 1))
+    return queued_body(task_id, POSITION_MARK, None), queued_message(POSITION_MARK)
 
 
 def queued_message(position: int | str) -> str:

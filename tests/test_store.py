@@ -165,6 +165,9 @@ def test_queued_is_resent_with_the_new_position_only_while_the_task_waits(client
 def test_positions_follow_submit_order(client: redis.Redis) -> None:
     ids = [new_task(client, "gpu") for _ in range(3)]
     assert [events(client, t)[0]["position"] for t in ids] == [1, 2, 3]
+    # the one-script submit put the number where wire.py left its mark
+    assert [events(client, t)[0]["message"] for t in ids] == [f"Queued at position {n}" for n in (1, 2, 3)]
+    assert client.hget(state_key(ids[2]), "message") == b"Queued at position 3"
     start(client, ids[0], queue="gpu")
     assert new_task(client, "gpu") and client.zrank(pending_key("gpu"), ids[2]) == 1
 
